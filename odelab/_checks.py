@@ -1,0 +1,167 @@
+"""Input validation for `solve` and `solve_sde`: fail early, say what and how to fix."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """Whether every leaf of `x` is a concrete value (not a tracer)."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(x))
+
+
+def as_state(y0):
+    """Convert `y0`'s leaves to arrays; a non-floating leaf is an error."""
+    y0 = jtu.tree_map(jnp.asarray, y0)
+    for path, leaf in jtu.tree_flatten_with_path(y0)[0]:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(
+                f"`y0` leaf {_where(path)} has dtype {leaf.dtype}; states must be "
+                "floating (or complex). Convert it, e.g. `jnp.asarray(y0, float)`."
+            )
+    return y0
+
+
+def as_times(ts):
+    """Normalise `ts` into `(times, span)`.
+
+    A Python tuple `(t0, t1)` is a span (save at `t1` only); anything else is an
+    array of save times, the first and last of which are the span.
+    """
+    span = isinstance(ts, tuple) and len(ts) == 2
+    if span:
+        arr = (
+            np.asarray(ts)
+            if is_concrete(ts)
+            else jnp.stack([jnp.asarray(t) for t in ts])
+        )
+    else:
+        arr = ts
+    arr = jnp.asarray(arr)
+    if arr.ndim != 1 or arr.shape[0] < 2:
+        raise ValueError(
+            f"`ts` must be a 1-D array of at least two save times or a tuple "
+            f"`(t0, t1)`; got shape {arr.shape}."
+        )
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    if is_concrete(arr):
+        host = np.asarray(arr)
+        if not np.all(np.isfinite(host)):
+            raise ValueError("`ts` contains NaN or inf.")
+        d = np.diff(host)
+        if not (np.all(d > 0) or np.all(d < 0)):
+            raise ValueError(
+                "`ts` must be strictly increasing or strictly decreasing; got "
+                f"{host.tolist() if host.size <= 12 else host}. Sort it (and drop "
+                "repeated times)."
+            )
+    return arr, span
+
+
+def nonmonotone(ts):
+    """Whether traced `ts` fails to be strictly increasing or decreasing."""
+    d = jnp.diff(ts)
+    return ~(jnp.all(d > 0) | jnp.all(d < 0))
+
+
+def finite_check(y0, args):
+    """NaN/inf in `y0` or in the floating leaves of `args`: a clear error.
+
+    Concrete values are checked now (`ValueError`); traced ones inside the compiled
+    solve (`eqx.error_if`), so a jitted caller gets the same message at run time.
+    """
+    for name, tree in (("y0", y0), ("args", args)):
+        for path, leaf in jtu.tree_flatten_with_path(tree)[0]:
+            if not _is_float_array(leaf) or not is_concrete(leaf):
+                continue
+            if not np.all(np.isfinite(np.asarray(leaf))):
+                raise ValueError(
+                    f"`{name}` leaf {_where(path)} contains NaN or inf. Check how it "
+                    "was computed (a NaN here would silently poison the whole solve)."
+                )
+
+
+def nonfinite(y0, args):
+    """Whether any floating leaf of `y0` or `args` holds NaN or inf (traced)."""
+    bad = jnp.array(False)
+    for leaf in jtu.tree_leaves((y0, args)):
+        if _is_float_array(leaf) and not is_concrete(leaf):
+            bad = bad | ~jnp.all(jnp.isfinite(leaf))
+    return bad
+
+
+def raise_if(ys, checks):
+    """Attach run-time checks `[(pred, message), ...]` to the output `ys`.
+
+    One `eqx.branched_error_if` on a scalar, added to every leaf of `ys`, instead of
+    one `error_if` per check on the whole output: each `error_if` is a `lax.cond`
+    around its operand with two host callbacks, which costs more compile time than a
+    small solve loop itself. The first failing check's message is raised.
+    """
+    checks = [(p, m) for p, m in checks if not (is_concrete(p) and not bool(p))]
+    if not checks:
+        return ys
+    preds = jnp.stack([jnp.asarray(p) for p, _ in checks])
+    leaves = jtu.tree_leaves(ys)
+    token = jnp.zeros((), dtype=leaves[0].dtype)
+    token = eqx.branched_error_if(
+        token, jnp.any(preds), jnp.argmax(preds), [m for _, m in checks]
+    )
+    return jtu.tree_map(lambda y: y + token.astype(y.dtype), ys)
+
+
+def check_vector_field(fn, name, t0, y0, args, expected=None):
+    """Evaluate `fn(t0, y0, args)` abstractly and compare it leaf by leaf.
+
+    `expected` is the structure the output must have (default: `y0`'s).
+    """
+    expected = y0 if expected is None else expected
+    try:
+        out = jax.eval_shape(fn, t0, y0, args)
+    except Exception as e:
+        raise type(e)(f"Evaluating `{name}(t0, y0, args)` failed: {e}") from e
+    exp_struct = jtu.tree_structure(expected)
+    out_struct = jtu.tree_structure(out)
+    if exp_struct != out_struct:
+        raise ValueError(
+            f"`{name}` returned a pytree of structure {out_struct}, but "
+            f"`y0` has structure {exp_struct}; they must match."
+        )
+    for (path, e), o in zip(
+        jtu.tree_flatten_with_path(expected)[0], jtu.tree_leaves(out)
+    ):
+        if e.shape != o.shape:
+            raise ValueError(
+                f"`{name}` returned shape {o.shape} at leaf {_where(path)}, but the "
+                f"state there has shape {e.shape}. dy/dt must have the state's shape."
+            )
+        if e.dtype != o.dtype:
+            raise TypeError(
+                f"`{name}` returned dtype {o.dtype} at leaf {_where(path)}, but the "
+                f"state there has dtype {e.dtype}. Make them agree, e.g. cast `y0` "
+                f"with `.astype({o.dtype})` or the output with `.astype({e.dtype})`."
+            )
+
+
+def check_ode_solver(solver, argname="solver"):
+    """An ODE solve needs a solver that takes a single term."""
+    structure = getattr(solver, "term_structure", diffrax.AbstractTerm)
+    if structure is not diffrax.AbstractTerm and structure is not diffrax.ODETerm:
+        raise ValueError(
+            f"`{argname}={type(solver).__name__}()` is an SDE solver (it expects terms "
+            f"{structure}); for an ODE use e.g. 'tsit5', or call `odelab.solve_sde` "
+            "with a diffusion."
+        )
+
+
+def _is_float_array(leaf) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)
+
+
+def _where(path) -> str:
+    s = jtu.keystr(path)
+    return f"`{s}`" if s else "(the root)"

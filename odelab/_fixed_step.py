@@ -1,0 +1,119 @@
+"""The lean fixed-step path: a `lax.scan` over a diffrax solver's own `step`.
+
+When the step grid is known in advance there is nothing for diffeqsolve's general
+loop to decide: no step-size control, no rejected steps, no search for the next save
+time. Scanning the solver's `step` over the grid, with `jax.checkpoint` on the step
+body, gives the same states as `diffeqsolve(..., stepsize_controller=StepTo(grid))`
+and the same discrete gradients, at the cost of a hand-written scan. It also computes
+the save positions once, from the grid, so a save time that coincides with a step end
+cannot be assigned to different steps in the forward and the recomputed backward
+pass (diffrax 0.7.2 can get that wrong; see `solve`).
+"""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+
+def uniform_grid(t0, t1, n: int):
+    """`n` equal steps from `t0` to `t1` (either direction), endpoints exact."""
+    k = jnp.arange(n + 1, dtype=jnp.result_type(t0, t1))
+    grid = t0 + (t1 - t0) * (k / n)
+    return grid.at[-1].set(t1)
+
+
+def dt0_grid(t0, t1, dt0, n: int):
+    """Steps `t0 + k dt0` for `k < n`, then `t1`."""
+    k = jnp.arange(n, dtype=jnp.result_type(t0, dt0))
+    return jnp.concatenate([t0 + k * dt0, jnp.reshape(t1, (1,)).astype(k.dtype)])
+
+
+def num_steps_for(t0: float, t1: float, dt0: float) -> int:
+    """Steps of size `dt0` needed to reach `t1`; a last fraction under 1e-6 is merged."""
+    ratio = (t1 - t0) / dt0
+    if not np.isfinite(ratio) or ratio <= 0:
+        raise ValueError(
+            f"`dt0={dt0}` does not step from t0={t0} towards t1={t1}: give it the "
+            "sign of t1 - t0 and a non-zero size."
+        )
+    nearest = round(ratio)
+    if nearest >= 1 and abs(ratio - nearest) <= 1e-6 * max(1.0, ratio):
+        return int(nearest)
+    return int(np.ceil(ratio))
+
+
+def save_indices(grid: np.ndarray, ts: np.ndarray, dtype) -> tuple[int, ...] | None:
+    """Grid indices of the save times, if every save time is a grid point.
+
+    A save time counts as a grid point when it is within a millionth of a step, or
+    within a few units of rounding of `dtype` (float32 save times written as decimal
+    fractions are rarely exact multiples of the step).
+    """
+    scale = float(np.max(np.abs(np.diff(grid))))
+    tol = 1e-6 * scale + 16 * float(np.finfo(dtype).eps) * float(np.max(np.abs(grid)))
+    nearest = np.argmin(np.abs(grid[None, :] - ts[:, None]), axis=1)
+    if np.any(np.abs(grid[nearest] - ts) > tol):
+        return None
+    return tuple(int(j) for j in nearest)
+
+
+def fixed_step_solve(terms, solver, y0, args, grid, ts, index):
+    """Integrate over `grid` with `solver` and return `(ys, result)` at `ts`.
+
+    **Arguments:**
+
+    - `terms`, `solver`, `y0`, `args`: as for `diffrax.diffeqsolve`.
+    - `grid`: the step grid, `n + 1` times from `t0` to `t1`.
+    - `ts`: the save times.
+    - `index`: a tuple of grid indices of the save times when they are grid points
+      (the states are then read off directly), or `None` to evaluate the solver's
+      dense interpolant of the step that holds each save time, as diffrax does.
+    """
+    t_pairs = (grid[:-1], grid[1:])
+    state0 = solver.init(terms, grid[0], grid[1], y0, args)
+    interpolate = index is None
+
+    # Explicit steps return the constant `RESULTS.successful`; noticing that while
+    # tracing lets the solve report a static success, which removes the result from
+    # the loop and the failure checks from the compiled program.
+    static_success = []
+
+    @jax.checkpoint
+    def body(carry, tt):
+        y, state, result = carry
+        t0, t1 = tt
+        y1, _, dense_info, state, step_result = solver.step(
+            terms, t0, t1, y, args, state, False
+        )
+        static_success.append(step_result is diffrax.RESULTS.successful)
+        result = diffrax.RESULTS.where(diffrax.is_okay(result), step_result, result)
+        return (y1, state, result), (dense_info if interpolate else y1)
+
+    carry0 = (y0, state0, diffrax.RESULTS.successful)
+    (_, _, result), out = jax.lax.scan(body, carry0, t_pairs)
+    if all(static_success):
+        result = diffrax.RESULTS.successful
+
+    if not interpolate:
+        all_ys = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y0, out)
+        idx = np.asarray(index)
+        ys = jtu.tree_map(lambda a: a[idx], all_ys)
+        return ys, result
+
+    n = grid.shape[0] - 1
+    forward = grid[-1] >= grid[0]
+    pos = jnp.where(
+        forward,
+        jnp.searchsorted(grid, ts, side="left"),
+        n + 1 - jnp.searchsorted(grid[::-1], ts, side="right"),
+    )
+    step_of = jnp.clip(pos - 1, 0, n - 1)
+
+    def evaluate(t, j):
+        info = jtu.tree_map(lambda a: a[j], out)
+        interp = solver.interpolation_cls(t0=grid[j], t1=grid[j + 1], **info)
+        return interp.evaluate(t)
+
+    return jax.vmap(evaluate)(ts, step_of), result

@@ -1,0 +1,79 @@
+"""Names for solvers and adjoints: the registries behind `solve` and `solve_sde`."""
+
+from collections.abc import Callable
+
+import diffrax
+
+from .solvers import RK4
+
+
+ODE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
+    "euler": diffrax.Euler,
+    "heun": diffrax.Heun,
+    "midpoint": diffrax.Midpoint,
+    "ralston": diffrax.Ralston,
+    "bosh3": diffrax.Bosh3,
+    "rk4": RK4,
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+    "dopri8": diffrax.Dopri8,
+    "implicit_euler": diffrax.ImplicitEuler,
+    "kvaerno3": diffrax.Kvaerno3,
+    "kvaerno4": diffrax.Kvaerno4,
+    "kvaerno5": diffrax.Kvaerno5,
+    "reversible_heun": diffrax.ReversibleHeun,
+    "leapfrog_midpoint": diffrax.LeapfrogMidpoint,
+}
+"""Solver names accepted by `odelab.solve`, each mapped to a zero-argument factory."""
+
+SDE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
+    "euler": diffrax.Euler,
+    "euler_heun": diffrax.EulerHeun,
+    "heun": diffrax.Heun,
+    "milstein": diffrax.ItoMilstein,
+    "stratonovich_milstein": diffrax.StratonovichMilstein,
+    "reversible_heun": diffrax.ReversibleHeun,
+    "sra1": diffrax.SRA1,
+    "shark": diffrax.ShARK,
+    "sea": diffrax.SEA,
+    "spark": diffrax.SPaRK,
+    "general_shark": diffrax.GeneralShARK,
+    "slowrk": diffrax.SlowRK,
+}
+"""Solver names accepted by `odelab.solve_sde`."""
+
+ADJOINTS: dict[str, Callable[[], diffrax.AbstractAdjoint]] = {
+    "checkpoint": diffrax.RecursiveCheckpointAdjoint,
+    "direct": diffrax.DirectAdjoint,
+    "backsolve": diffrax.BacksolveAdjoint,
+    "forward": diffrax.ForwardMode,
+}
+"""Adjoint names: `"checkpoint"` (discrete, recursive checkpointing; odelab's lean
+fixed-step path when the grid is fixed), `"direct"`, `"backsolve"` (continuous adjoint,
+O(1) memory) and `"forward"` (forward-mode)."""
+
+
+def resolve(value, registry: dict, what: str, argname: str):
+    """Turn a name into an object from `registry`, or pass an object through.
+
+    **Raises:** `ValueError` naming the valid names if `value` is an unknown string;
+    `TypeError` if it is neither a string nor an instance of the expected base class.
+    """
+    if isinstance(value, str):
+        key = value.lower().replace("-", "_")
+        if key not in registry:
+            valid = ", ".join(sorted(registry))
+            raise ValueError(
+                f"Unknown {what} `{argname}={value!r}`. Valid names: {valid}; or pass "
+                f"a diffrax object."
+            )
+        return registry[key]()
+    base = (
+        diffrax.AbstractSolver if what.endswith("solver") else diffrax.AbstractAdjoint
+    )
+    if not isinstance(value, base):
+        raise TypeError(
+            f"`{argname}` must be a name ({', '.join(sorted(registry))}) or a "
+            f"`diffrax.{base.__name__}`, got {type(value).__name__}."
+        )
+    return value
