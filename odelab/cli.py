@@ -72,8 +72,10 @@ def _bench(argv):
             file=sys.stderr,
         )
         return 2
-    importlib.import_module(BENCHMARKS[name]).main(rest)
-    return 0
+    try:
+        return importlib.import_module(BENCHMARKS[name]).main(rest) or 0
+    except SystemExit as e:  # argparse's usage errors: report, do not exit
+        return e.code if isinstance(e.code, int) else 2
 
 
 COMMANDS = {"demo": _demo, "bench": _bench}

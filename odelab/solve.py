@@ -7,6 +7,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
+from diffrax._root_finder import use_stepsize_tol as _use_stepsize_tol
 
 from . import _checks, _fixed_step
 from ._names import ADJOINTS, ODE_SOLVERS, SDE_SOLVERS, resolve
@@ -359,6 +361,8 @@ def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, d
         )
     t0, t1 = ts[0], ts[-1]
     save_ts = t1[None] if plan.span else ts
+    if plan.mode != "adaptive" and isinstance(solver, diffrax.AbstractImplicitSolver):
+        solver = _root_finder_tolerances(solver, rtol, atol)
     if plan.mode == "lean":
         if plan.grid == "uniform":
             grid = _fixed_step.uniform_grid(t0, t1, plan.n_steps)
@@ -445,14 +449,33 @@ def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, d
     return _finish(plan, sol, checks)
 
 
+def _root_finder_tolerances(solver, rtol, atol):
+    # diffrax hands an adaptive controller's tolerances to an implicit solver's root
+    # finder; with fixed steps there is no controller, so `solve`'s own `rtol`/`atol`
+    # (and the controllers' RMS norm) take that place.
+    values = {"rtol": rtol, "atol": atol, "norm": optx.rms_norm}
+    for name, value in values.items():
+        if getattr(solver.root_finder, name, None) is _use_stepsize_tol:
+            solver = eqx.tree_at(
+                lambda s, n=name: getattr(s.root_finder, n), solver, value
+            )
+    return solver
+
+
 def _finish(plan, sol, checks):
     if plan.throw:
         checks = checks + [
-            (sol.result == diffrax.RESULTS.max_steps_reached, _MAX_STEPS_MSG),
-            (
-                ~diffrax.is_successful(sol.result),
-                "The solve failed (its diffrax result is not successful); call with "
-                "`throw=False` and inspect `sol.result` for the reason.",
-            ),
+            (sol.result == diffrax.RESULTS.max_steps_reached, _MAX_STEPS_MSG)
         ]
+        for name, item in diffrax.RESULTS._name_to_item.items():
+            if name in ("successful", "max_steps_reached"):
+                continue
+            message = diffrax.RESULTS._index_to_message[int(item._value)]
+            checks.append(
+                (
+                    sol.result == item,
+                    f"The solve failed ({name}): {message} (Pass `throw=False` to "
+                    "get the solution and read `sol.result` instead.)",
+                )
+            )
     return eqx.tree_at(lambda s: s.ys, sol, _checks.raise_if(sol.ys, checks))

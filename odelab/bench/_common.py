@@ -22,6 +22,24 @@ def time_compile(fn: Callable, *args) -> tuple[Callable, float]:
     return compiled, time.perf_counter() - start
 
 
+def compile_medians(
+    fns: dict[str, Callable], args: Sequence, repeats: int
+) -> dict[str, list[float]]:
+    """Trace-and-compile time of each function, `repeats` times, round-robin.
+
+    Every repeat wraps the function in a fresh closure so that neither JAX's tracing
+    cache nor its executable cache can answer; the first compile of a process (which
+    also pays one-off initialisation) is a warm-up and not recorded.
+    """
+    first = next(iter(fns.values()))
+    time_compile(lambda *a: first(*a), *args)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(time_compile(lambda *a, fn=fn: fn(*a), *args)[1])
+    return times
+
+
 def interleaved_medians(
     fns: dict[str, Callable], args: Sequence, repeats: int, inner: int = 1
 ) -> dict[str, list[float]]:

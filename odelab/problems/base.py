@@ -42,8 +42,8 @@ class Problem(eqx.Module):
 
     A semilinear problem also splits $f(t, y) = L y + N(t, y, \theta)$: `linear` is $L$,
     a scalar, a diagonal (an array of the shape of $y$, applied elementwise) or a dense
-    matrix (applied by `@`); `nonlinear` is $N$. $L$ holds no parameters: `args` enter
-    $N$ only.
+    matrix (applied by `@`), in the dtype of `y0`; `nonlinear` is $N$. $L$ holds no
+    parameters: `args` enter $N$ only.
 
     Vector fields are pure JAX, follow the dtype of `y` (float32, float64 or complex)
     and cast `args` to it, so `jax.grad` with respect to `args` works through any solve.
@@ -280,13 +280,19 @@ def _params(args: Args, y: Array) -> Args:
     return _cast(args, jnp.finfo(y.dtype).dtype)
 
 
+def _float(x) -> Array:
+    """`x` as a strongly typed array of JAX's default float dtype at call time."""
+    return jnp.asarray(x, jnp.result_type(float))
+
+
 def _cast(tree: Args, dtype) -> Args:
     return jtu.tree_map(lambda a: jnp.asarray(a, dtype), tree)
 
 
 def _widest(dtype) -> np.dtype:
-    # float64/complex128 under x64, else float32/complex64.
-    return jax.dtypes.canonicalize_dtype(jnp.promote_types(dtype, jnp.float64))
+    # float64/complex128 under x64, else float32/complex64. NumPy's promotion, since
+    # JAX's refuses float32 -> float64 under strict dtype promotion.
+    return jax.dtypes.canonicalize_dtype(np.promote_types(dtype, np.float64))
 
 
 def _numerical_reference(problem: Problem, ts: Array) -> np.ndarray:

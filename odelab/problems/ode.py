@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from .base import Problem, _params
+from .base import Problem, _float, _params
 
 
 def _exponential_decay_field(t, y, args):
@@ -28,10 +28,10 @@ def exponential_decay() -> Problem:
     return Problem(
         name="exponential_decay",
         vector_field=_exponential_decay_field,
-        y0=jnp.asarray([1.0, 2.0, -1.0]),
+        y0=_float([1.0, 2.0, -1.0]),
         t0=0.0,
         t1=2.0,
-        args={"rate": jnp.asarray([0.5, 1.0, 2.0])},
+        args={"rate": _float([0.5, 1.0, 2.0])},
         stiff=False,
         semilinear=False,
         stochastic=False,
@@ -77,10 +77,10 @@ def linear_system() -> Problem:
     return Problem(
         name="linear_system",
         vector_field=_linear_system_field,
-        y0=jnp.asarray([0.0, 0.0, 0.0, 1.0]),
+        y0=_float([0.0, 0.0, 0.0, 1.0]),
         t0=0.0,
         t1=2.0,
-        args={"A": jnp.asarray(_LINEAR_A)},
+        args={"A": _float(_LINEAR_A)},
         stiff=False,
         semilinear=False,
         stochastic=False,
@@ -118,10 +118,10 @@ def harmonic_oscillator() -> Problem:
     return Problem(
         name="harmonic_oscillator",
         vector_field=_harmonic_oscillator_field,
-        y0=jnp.asarray([1.0, 0.5]),
+        y0=_float([1.0, 0.5]),
         t0=0.0,
         t1=10.0,
-        args={"omega": jnp.asarray(2.0)},
+        args={"omega": _float(2.0)},
         stiff=False,
         semilinear=False,
         stochastic=False,
@@ -159,14 +159,14 @@ def lotka_volterra() -> Problem:
     return Problem(
         name="lotka_volterra",
         vector_field=_lotka_volterra_field,
-        y0=jnp.asarray([1.0, 1.0]),
+        y0=_float([1.0, 1.0]),
         t0=0.0,
         t1=10.0,
         args={
-            "alpha": jnp.asarray(1.5),
-            "beta": jnp.asarray(1.0),
-            "gamma": jnp.asarray(3.0),
-            "delta": jnp.asarray(1.0),
+            "alpha": _float(1.5),
+            "beta": _float(1.0),
+            "gamma": _float(3.0),
+            "delta": _float(1.0),
         },
         stiff=False,
         semilinear=False,
@@ -200,13 +200,13 @@ def lorenz() -> Problem:
     return Problem(
         name="lorenz",
         vector_field=_lorenz_field,
-        y0=jnp.asarray([1.0, 1.0, 1.0]),
+        y0=_float([1.0, 1.0, 1.0]),
         t0=0.0,
         t1=1.0,
         args={
-            "sigma": jnp.asarray(10.0),
-            "rho": jnp.asarray(28.0),
-            "beta": jnp.asarray(8.0 / 3.0),
+            "sigma": _float(10.0),
+            "rho": _float(28.0),
+            "beta": _float(8.0 / 3.0),
         },
         stiff=False,
         semilinear=False,
@@ -238,10 +238,10 @@ def van_der_pol() -> Problem:
     return Problem(
         name="van_der_pol",
         vector_field=_van_der_pol_field,
-        y0=jnp.asarray([2.0, 0.0]),
+        y0=_float([2.0, 0.0]),
         t0=0.0,
         t1=10.0,
-        args={"mu": jnp.asarray(1.0)},
+        args={"mu": _float(1.0)},
         stiff=False,
         semilinear=False,
         stochastic=False,

@@ -2,7 +2,7 @@
 
 import jax.numpy as jnp
 
-from .base import Problem, _params
+from .base import Problem, _float, _params
 
 
 def _gbm_drift(t, y, args):
@@ -48,10 +48,10 @@ def geometric_brownian_motion() -> Problem:
     return Problem(
         name="geometric_brownian_motion",
         vector_field=_gbm_drift,
-        y0=jnp.asarray([1.0, 2.0]),
+        y0=_float([1.0, 2.0]),
         t0=0.0,
         t1=1.0,
-        args={"mu": jnp.asarray([0.8, -0.5]), "sigma": jnp.asarray([0.2, 0.4])},
+        args={"mu": _float([0.8, -0.5]), "sigma": _float([0.2, 0.4])},
         stiff=False,
         semilinear=False,
         stochastic=True,
@@ -109,13 +109,13 @@ def ornstein_uhlenbeck() -> Problem:
     return Problem(
         name="ornstein_uhlenbeck",
         vector_field=_ou_drift,
-        y0=jnp.asarray([0.0, 1.0]),
+        y0=_float([0.0, 1.0]),
         t0=0.0,
         t1=1.0,
         args={
-            "theta": jnp.asarray([1.0, 2.0]),
-            "mu": jnp.asarray([1.0, -0.5]),
-            "sigma": jnp.asarray([[0.5, 0.0], [0.3, 0.4]]),
+            "theta": _float([1.0, 2.0]),
+            "mu": _float([1.0, -0.5]),
+            "sigma": _float([[0.5, 0.0], [0.3, 0.4]]),
         },
         stiff=False,
         semilinear=False,

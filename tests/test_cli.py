@@ -1,0 +1,82 @@
+"""Tests of the `odelab` command: dispatch, exit codes, and the benchmarks it runs."""
+
+import json
+
+import pytest
+
+from odelab.cli import main
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow  # four adaptive solves to compile: ~15 s on 2 cores
+def test_demo_prints_a_table(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "max_error" in out and "nfe" in out
+    for solver in ("tsit5", "dopri5", "rk4", "euler"):
+        assert solver in out
+
+
+def test_no_command_and_help():
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+
+
+def test_unknown_command_returns_2(capsys):
+    assert main(["nope"]) == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and "demo" in err and "bench" in err
+
+
+def test_unknown_benchmark_lists_valid_names(capsys):
+    assert main(["bench", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "overhead" in err and "work-precision" in err
+
+
+def test_work_precision_writes_json(tmp_path, capsys):
+    argv = ["bench", "work-precision", "--problem", "exponential_decay"]
+    argv += ["--solvers", "tsit5", "--tolerances", "1e-4", "--repeats", "1"]
+    argv += ["--out", str(tmp_path), "--no-plot"]
+    assert main(argv) == 0
+    assert "rtol=1e-04" in capsys.readouterr().out
+    payload = _read(tmp_path / "work_precision_exponential_decay.json")
+    (row,) = payload["rows"]
+    assert (row["solver"], row["rtol"], row["status"]) == ("tsit5", 1e-4, "ok")
+    assert payload["config"]["dtype"] == "float64"  # the command's default
+    assert not (tmp_path / "work_precision_exponential_decay.png").exists()
+
+
+def test_work_precision_float32(tmp_path):
+    argv = ["bench", "work-precision", "--problem", "exponential_decay", "--float32"]
+    argv += ["--solvers", "rk4", "--steps", "10", "--repeats", "1"]
+    argv += ["--out", str(tmp_path), "--no-plot"]
+    assert main(argv) == 0
+    payload = _read(tmp_path / "work_precision_exponential_decay.json")
+    assert payload["config"]["dtype"] == "float32"
+    assert [(r["solver"], r["mode"]) for r in payload["rows"]] == [("rk4", "fixed")]
+
+
+def test_work_precision_unknown_problem_lists_valid_names(tmp_path, capsys):
+    argv = ["bench", "work-precision", "--problem", "nope", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and "lorenz" in err and "robertson" in err
+
+
+@pytest.mark.slow
+def test_overhead_writes_json(tmp_path, capsys):
+    argv = ["bench", "overhead", "--repeats", "2", "--compile-repeats", "1"]
+    assert main(argv + ["--out", str(tmp_path)]) == 0
+    assert "odelab / handwritten" in capsys.readouterr().out
+    payload = _read(tmp_path / "overhead.json")
+    assert [r["contender"] for r in payload["rows"]] == [
+        "odelab",
+        "diffrax",
+        "handwritten",
+    ]
+    assert all(len(v) == 2 for v in payload["raw_run_s"].values())
