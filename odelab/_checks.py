@@ -68,6 +68,13 @@ def nonmonotone(ts):
     return ~(jnp.all(d > 0) | jnp.all(d < 0))
 
 
+def as_args(args):
+    """Python floats in `args` become arrays: traced, so new values do not recompile."""
+    return jtu.tree_map(
+        lambda x: jnp.asarray(x) if isinstance(x, (float, complex)) else x, args
+    )
+
+
 def finite_check(y0, args):
     """NaN/inf in `y0` or in the floating leaves of `args`: a clear error.
 

@@ -117,3 +117,42 @@ def fixed_step_solve(terms, solver, y0, args, grid, ts, index):
         return interp.evaluate(t)
 
     return jax.vmap(evaluate)(ts, step_of), result
+
+
+class FixedGrid(diffrax.AbstractStepSizeController):
+    r"""Step to $t_0 + k\,dt_0$, then to $t_1$: the lean path's grid, inside diffeqsolve.
+
+    Used where the number of steps is unknown at trace time (traced `ts` or `dt0`) or
+    where an adjoint other than recursive checkpointing is asked for, so that a fixed
+    step solve takes the same steps whichever path runs it (diffrax's
+    `ConstantStepSize` accumulates `t + dt0`, whose rounding drifts). As in
+    `num_steps_for`, a last fraction shorter than $10^{-6} dt_0$ is merged into the
+    step before it. diffrax hands over `t0`, `t1`, `dt0` already multiplied by the
+    direction of integration, so the grid always increases here.
+    """
+
+    def wrap(self, direction):
+        del direction
+        return self
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        del terms, y0, args, func, error_order
+        if dt0 is None:
+            raise ValueError("a fixed grid needs `dt0`.")
+        k = jnp.asarray(1, dtype=jnp.int32)
+        return _grid_time(t0, t1, dt0, k), (t0, t1, dt0, k)
+
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
+        del t0, y0, y1_candidate, args, y_error, error_order
+        start, end, dt0, k = controller_state
+        k = k + 1
+        tnext = _grid_time(start, end, dt0, k)
+        state = (start, end, dt0, k)
+        return True, t1, tnext, False, state, diffrax.RESULTS.successful
+
+
+def _grid_time(start, end, dt0, k):
+    t = start + k.astype(jnp.result_type(dt0)) * dt0
+    return jnp.where(end - t < 1e-6 * dt0, end, t)

@@ -28,7 +28,7 @@ _MAX_STEPS_MSG = (
 class _Plan:
     """Static decisions of a solve (hashable: part of the compilation cache key)."""
 
-    mode: str  # "adaptive", "controller", "lean", "constant"
+    mode: str  # "adaptive", "controller", "lean" or "fixed" (diffeqsolve on a grid)
     n_steps: int | None  # lean: number of steps
     grid: str | None  # lean: "uniform" or "dt0"
     index: tuple[int, ...] | None  # lean: save positions on the grid
@@ -92,6 +92,16 @@ def solve(
     same discrete gradients, and the cost of a hand-written loop. The grid from
     `dt0` is $t_0 + k\,dt_0$ until $t_1$ (a last fraction below $10^{-6} dt_0$ is
     merged); save times off the grid are read from the solver's dense interpolant.
+    When the number of steps is not known at trace time (`ts` or `dt0` traced) or
+    another adjoint is asked for, `diffeqsolve` runs on the same grid
+    (`_fixed_step.FixedGrid`); `"backsolve"` uses diffrax's `ConstantStepSize`, the
+    same grid when `dt0` divides the span.
+
+    **Gradients.** diffrax 0.7.2's recursive checkpointing can return gradients off by
+    ~18% when save times coincide with fixed step ends and `max_steps` equals the step
+    count (with Python-float times). `solve` passes times as arrays and fixed-step
+    solves do not depend on `max_steps`; tests compare against finite differences and
+    float64 references across such configurations.
 
     **Raises:** `ValueError`/`TypeError` at trace time for a wrong shape or dtype of
     the vector field's output (naming the leaf), an unknown solver or adjoint name
@@ -112,6 +122,7 @@ def solve(
     _checks.check_ode_solver(solver)
     y0 = _checks.as_state(y0)
     ts, span = _checks.as_times(ts)
+    args = _checks.as_args(args)
     _checks.finite_check(y0, args)
     _checks.check_vector_field(vector_field, "vector_field", ts[0], y0, args)
     terms = diffrax.ODETerm(vector_field)
@@ -206,6 +217,7 @@ def solve_sde(
     if not isinstance(y0, jax.Array):
         raise TypeError("`solve_sde` takes a single-array `y0`; stack your state.")
     ts, span = _checks.as_times(ts)
+    args = _checks.as_args(args)
     _checks.finite_check(y0, args)
     _checks.check_vector_field(drift, "drift", ts[0], y0, args)
     bm_shape, diffusion_shape = _noise_shapes(noise, y0, brownian_shape)
@@ -227,7 +239,7 @@ def solve_sde(
         raise ValueError("`brownian='unsafe'` works with fixed steps only.")
     t0, t1 = ts[0], ts[-1]
     lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
-    levy = getattr(solver, "minimal_levy_area", diffrax.BrownianIncrement)
+    levy = _levy_area(solver)
     if brownian == "unsafe":
         bm = diffrax.UnsafeBrownianPath(shape=bm_shape, key=key, levy_area=levy)
     else:
@@ -270,6 +282,20 @@ def solve_sde(
     return _solve(
         plan, terms, solver, adjoint, stepsize_controller, y0, args, ts, rtol, atol, dt0
     )
+
+
+def _levy_area(solver):
+    # A solver declares the least Lévy area it needs, possibly as an abstract class;
+    # diffrax's Brownian paths want the concrete one.
+    needed = getattr(solver, "minimal_levy_area", diffrax.BrownianIncrement)
+    for concrete in (
+        diffrax.BrownianIncrement,
+        diffrax.SpaceTimeLevyArea,
+        diffrax.SpaceTimeTimeLevyArea,
+    ):
+        if issubclass(concrete, needed):
+            return concrete
+    raise TypeError(f"No Brownian path provides the Lévy area {needed.__name__}.")
 
 
 def _noise_shapes(noise, y0, brownian_shape):
@@ -333,11 +359,9 @@ def _make_plan(
         t0, t1 = float(host[0]), float(host[-1])
         n, kind = _fixed_step.num_steps_for(t0, t1, float(dt0)), "dt0"
     else:
-        return _Plan("constant", None, None, None, **common)
-    if not lean_ok:
-        if kind == "uniform":
-            return _Plan("stepto", n, kind, None, **common)
-        return _Plan("constant", None, None, None, **common)
+        n, kind = None, "dt0"
+    if n is None or not lean_ok:
+        return _Plan("fixed", n, kind, None, **common)
     index = None
     if not span and _checks.is_concrete((ts, dt0)):
         host = np.asarray(ts, dtype=np.float64)
@@ -349,7 +373,8 @@ def _make_plan(
         index = _fixed_step.save_indices(grid, host, ts.dtype)
     if span:
         index = (n,)
-    return _Plan("lean", n, kind, index, **common)
+    # `max_steps` plays no part in the scan; keep it out of the compilation cache key.
+    return _Plan("lean", n, kind, index, **dict(common, max_steps=0))
 
 
 @eqx.filter_jit
@@ -403,18 +428,18 @@ def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, d
     step_dt0 = dt0
     if plan.mode == "adaptive":
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
-    elif plan.mode == "stepto":
-        controller = diffrax.StepTo(ts=_fixed_step.uniform_grid(t0, t1, plan.n_steps))
-        step_dt0 = None
-        max_steps = plan.n_steps
-    elif plan.mode == "constant":
-        controller = diffrax.ConstantStepSize()
-        # diffrax's recursive checkpointing derives its checkpoint schedule from
-        # `max_steps`; with fixed steps whose ends coincide with save times the
-        # recomputed backward pass can assign a save to a different step (0.7.2:
-        # gradients off by ~18%). One checkpoint per step avoids the recomputation.
-        if type(adjoint) is diffrax.RecursiveCheckpointAdjoint:
-            adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=max_steps)
+    elif plan.mode == "fixed":
+        # BacksolveAdjoint restarts the controller between save times on its backward
+        # pass, carrying the state over, which a grid anchored at t0 cannot follow;
+        # it gets diffrax's ConstantStepSize (same grid when dt0 divides the span).
+        if isinstance(adjoint, diffrax.BacksolveAdjoint):
+            controller = diffrax.ConstantStepSize()
+        else:
+            controller = _fixed_step.FixedGrid()
+        if plan.grid == "uniform":
+            step_dt0 = (t1 - t0) / plan.n_steps
+        if plan.n_steps is not None:
+            max_steps = plan.n_steps + 1
     if plan.costs is not None:
         controller = NFECounter(controller, plan.costs)
     saveat = diffrax.SaveAt(
