@@ -20,8 +20,7 @@ import numpy as np
 def uniform_grid(t0, t1, n: int):
     """`n` equal steps from `t0` to `t1` (either direction), endpoints exact."""
     k = jnp.arange(n + 1, dtype=jnp.result_type(t0, t1))
-    grid = t0 + (t1 - t0) * (k / n)
-    return grid.at[-1].set(t1)
+    return jnp.where(k == n, t1, t0 + (t1 - t0) * (k / n))
 
 
 def dt0_grid(t0, t1, dt0, n: int):
@@ -75,32 +74,35 @@ def fixed_step_solve(terms, solver, y0, args, grid, ts, index):
     state0 = solver.init(terms, grid[0], grid[1], y0, args)
     interpolate = index is None
 
-    # Explicit steps return the constant `RESULTS.successful`; noticing that while
-    # tracing lets the solve report a static success, which removes the result from
-    # the loop and the failure checks from the compiled program.
+    # Explicit steps return the constant `RESULTS.successful`. The body notices that
+    # while it is traced and then emits no result at all, which keeps the loop as
+    # small as a hand-written one; otherwise each step's result code is an output.
     static_success = []
 
     @jax.checkpoint
     def body(carry, tt):
-        y, state, result = carry
+        y, state = carry
         t0, t1 = tt
         y1, _, dense_info, state, step_result = solver.step(
             terms, t0, t1, y, args, state, False
         )
-        static_success.append(step_result is diffrax.RESULTS.successful)
-        result = diffrax.RESULTS.where(diffrax.is_okay(result), step_result, result)
-        return (y1, state, result), (dense_info if interpolate else y1)
+        static = step_result is diffrax.RESULTS.successful
+        static_success.append(static)
+        saved = dense_info if interpolate else y1
+        return (y1, state), (saved if static else (saved, step_result))
 
-    carry0 = (y0, state0, diffrax.RESULTS.successful)
-    (_, _, result), out = jax.lax.scan(body, carry0, t_pairs)
+    (_, _), out = jax.lax.scan(body, (y0, state0), t_pairs)
     if all(static_success):
         result = diffrax.RESULTS.successful
-
+    else:
+        out, step_results = out
+        result = _first_failure(step_results)
     if not interpolate:
-        all_ys = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y0, out)
         idx = np.asarray(index)
-        ys = jtu.tree_map(lambda a: a[idx], all_ys)
-        return ys, result
+        if np.all(idx > 0):
+            return jtu.tree_map(lambda a: a[idx - 1], out), result
+        all_ys = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y0, out)
+        return jtu.tree_map(lambda a: a[idx], all_ys), result
 
     n = grid.shape[0] - 1
     forward = grid[-1] >= grid[0]
@@ -117,6 +119,16 @@ def fixed_step_solve(terms, solver, y0, args, grid, ts, index):
         return interp.evaluate(t)
 
     return jax.vmap(evaluate)(ts, step_of), result
+
+
+def _first_failure(step_results):
+    """The first unsuccessful result of a stack of per-step results, else success."""
+    codes = step_results._value
+    first = codes[jnp.argmax(codes != diffrax.RESULTS.successful._value)]
+    result = diffrax.RESULTS.successful
+    for item in diffrax.RESULTS._name_to_item.values():
+        result = diffrax.RESULTS.where(first == item._value, item, result)
+    return result
 
 
 class FixedGrid(diffrax.AbstractStepSizeController):

@@ -24,6 +24,13 @@ _MAX_STEPS_MSG = (
 )
 
 
+_NONFINITE_MSG = (
+    "The solution contains NaN or inf: a NaN or inf in `y0` or `args` (under `jit`, "
+    "where they cannot be checked before the solve), or a vector field that blows "
+    "up. Check the inputs; for a blow-up, shorten the span or the step."
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """Static decisions of a solve (hashable: part of the compilation cache key)."""
@@ -140,7 +147,7 @@ def solve(
     )
     rtol, atol = _tolerances(rtol, atol, y0)
     dt0 = None if dt0 is None else jnp.asarray(dt0, dtype=ts.dtype)
-    return _solve(
+    return _dispatch(
         plan, terms, solver, adjoint, stepsize_controller, y0, args, ts, rtol, atol, dt0
     )
 
@@ -279,7 +286,7 @@ def solve_sde(
     )
     rtol, atol = _tolerances(rtol, atol, y0)
     dt0 = None if dt0 is None else jnp.asarray(dt0, dtype=ts.dtype)
-    return _solve(
+    return _dispatch(
         plan, terms, solver, adjoint, stepsize_controller, y0, args, ts, rtol, atol, dt0
     )
 
@@ -364,35 +371,48 @@ def _make_plan(
         return _Plan("fixed", n, kind, None, **common)
     index = None
     if not span and _checks.is_concrete((ts, dt0)):
-        host = np.asarray(ts, dtype=np.float64)
-        t0, t1 = float(host[0]), float(host[-1])
-        if kind == "uniform":
-            grid = t0 + (t1 - t0) * (np.arange(n + 1) / n)
-        else:
-            grid = np.append(t0 + np.arange(n) * float(dt0), t1)
-        index = _fixed_step.save_indices(grid, host, ts.dtype)
+        grid = _host_grid(kind, n, ts, dt0)
+        index = _fixed_step.save_indices(grid, np.asarray(ts, np.float64), ts.dtype)
     if span:
         index = (n,)
     # `max_steps` plays no part in the scan; keep it out of the compilation cache key.
     return _Plan("lean", n, kind, index, **dict(common, max_steps=0))
 
 
-@eqx.filter_jit
+def _dispatch(*operands):
+    # Called eagerly, the solve is compiled once per static configuration (new values
+    # of y0, args, ts or the tolerances reuse it). Inside a caller's trace it is
+    # inlined instead: a nested `jit` around a program with a host callback (the
+    # run-time checks) costs XLA measurably more compile time than the same program
+    # inlined.
+    if _checks.is_concrete(operands):
+        return _solve_jit(*operands)
+    return _solve(*operands)
+
+
 def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, dt0):
-    checks = [(_checks.nonfinite(y0, args), "`y0` or `args` contains NaN or inf.")]
     if not _checks.is_concrete(ts):
-        checks.append(
-            (_checks.nonmonotone(ts), "`ts` must be strictly increasing or decreasing.")
+        ts = _checks.raise_if(
+            ts,
+            [
+                (
+                    _checks.nonmonotone(ts),
+                    "`ts` must be strictly increasing or decreasing.",
+                )
+            ],
         )
     t0, t1 = ts[0], ts[-1]
     save_ts = t1[None] if plan.span else ts
     if plan.mode != "adaptive" and isinstance(solver, diffrax.AbstractImplicitSolver):
         solver = _root_finder_tolerances(solver, rtol, atol)
     if plan.mode == "lean":
-        if plan.grid == "uniform":
-            grid = _fixed_step.uniform_grid(t0, t1, plan.n_steps)
+        if _checks.is_concrete((ts, dt0)):
+            # A known grid is a constant of the program: nothing to compute at run
+            # time, less to compile.
+            grid = _host_grid(plan.grid, plan.n_steps, ts, dt0)
+            grid = jnp.asarray(grid, dtype=ts.dtype)
         else:
-            grid = _fixed_step.dt0_grid(t0, t1, dt0, plan.n_steps)
+            grid = _lean_grid(plan, t0, t1, dt0)
         ys, result = _fixed_step.fixed_step_solve(
             terms, solver, y0, args, grid, save_ts, plan.index
         )
@@ -422,7 +442,7 @@ def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, d
             made_jump=None,
             event_mask=None,
         )
-        return _finish(plan, sol, checks)
+        return _finish(plan, sol)
 
     max_steps = plan.max_steps
     step_dt0 = dt0
@@ -471,7 +491,26 @@ def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, d
         (dict(sol.stats, nfe=nfe), None),
         is_leaf=lambda x: x is None,
     )
-    return _finish(plan, sol, checks)
+    return _finish(plan, sol)
+
+
+_solve_jit = eqx.filter_jit(_solve)
+
+
+def _host_grid(kind, n, ts, dt0):
+    """The lean grid from concrete `ts` (and `dt0`), in float64 on the host."""
+    host = np.asarray(ts, dtype=np.float64)
+    t0, t1 = host[0], host[-1]
+    if kind == "uniform":
+        k = np.arange(n + 1)
+        return np.where(k == n, t1, t0 + (t1 - t0) * (k / n))
+    return np.append(t0 + np.arange(n) * float(dt0), t1)
+
+
+def _lean_grid(plan, t0, t1, dt0):
+    if plan.grid == "uniform":
+        return _fixed_step.uniform_grid(t0, t1, plan.n_steps)
+    return _fixed_step.dt0_grid(t0, t1, dt0, plan.n_steps)
 
 
 def _root_finder_tolerances(solver, rtol, atol):
@@ -487,20 +526,24 @@ def _root_finder_tolerances(solver, rtol, atol):
     return solver
 
 
-def _finish(plan, sol, checks):
-    if plan.throw:
-        checks = checks + [
-            (sol.result == diffrax.RESULTS.max_steps_reached, _MAX_STEPS_MSG)
-        ]
-        for name, item in diffrax.RESULTS._name_to_item.items():
-            if name in ("successful", "max_steps_reached"):
-                continue
-            message = diffrax.RESULTS._index_to_message[int(item._value)]
-            checks.append(
-                (
-                    sol.result == item,
-                    f"The solve failed ({name}): {message} (Pass `throw=False` to "
-                    "get the solution and read `sol.result` instead.)",
-                )
+def _finish(plan, sol):
+    if not plan.throw:
+        return sol
+    checks = [(sol.result == diffrax.RESULTS.max_steps_reached, _MAX_STEPS_MSG)]
+    for name, item in diffrax.RESULTS._name_to_item.items():
+        if name in ("successful", "max_steps_reached"):
+            continue
+        message = diffrax.RESULTS._index_to_message[int(item._value)]
+        checks.append(
+            (
+                sol.result == item,
+                f"The solve failed ({name}): {message} (Pass `throw=False` to "
+                "get the solution and read `sol.result` instead.)",
             )
+        )
+    # Last, so that a failed solve (whose unsaved states diffrax fills with inf)
+    # reports its own reason. One check on the output rather than one on every input
+    # leaf: a single reduction, and it catches what matters, NaN/inf inputs that reach
+    # the solution as well as a solution that blows up.
+    checks.append((_checks.nonfinite(sol.ys, None), _NONFINITE_MSG))
     return eqx.tree_at(lambda s: s.ys, sol, _checks.raise_if(sol.ys, checks))

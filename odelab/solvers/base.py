@@ -81,14 +81,14 @@ class AbstractExplicitRK(diffrax.AbstractSolver):
 
 
 def _combine(y0, coeffs, ks):
-    """`y0 + Σ coeffs[j] ks[j]`, skipping zero coefficients (they are known statically)."""
+    """`y0 + Σ coeffs[j] ks[j]`; zero coefficients (known statically) are skipped."""
 
     def leaf(y, *k_leaves):
         acc = y
         for c, k in zip(coeffs, k_leaves):
             if c == 0:
                 continue
-            term = k * jnp.asarray(c, dtype=k.dtype)
+            term = k if c == 1 else k * jnp.asarray(c, dtype=k.dtype)
             acc = term if acc is None else acc + term
         return jnp.zeros_like(k_leaves[0]) if acc is None else acc
 
