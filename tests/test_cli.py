@@ -78,5 +78,6 @@ def test_overhead_writes_json(tmp_path, capsys):
         "odelab",
         "diffrax",
         "handwritten",
+        "odelab_traced_ts",
     ]
     assert all(len(v) == 2 for v in payload["raw_run_s"].values())
