@@ -1,48 +1,11 @@
 """`solve` and `solve_sde`: one call from a vector field to a diffrax `Solution`."""
 
-import dataclasses
-
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optimistix as optx
-from diffrax._root_finder import use_stepsize_tol as _use_stepsize_tol
 
-from . import _checks, _fixed_step
+from . import _checks, _engine, _plan
 from ._names import ADJOINTS, ODE_SOLVERS, SDE_SOLVERS, resolve
-from .solvers.nfe import NFECounter, nfe_costs
-
-
-_MAX_STEPS_MSG = (
-    "The solve reached `max_steps` before t1. If the problem is stiff (fast and "
-    "slow time scales: chemical kinetics, Van der Pol with large mu, a discretised "
-    "diffusion), an explicit solver needs tiny steps: use an implicit solver such as "
-    "solver='kvaerno5' (or an exponential integrator for a semilinear problem). "
-    "Otherwise raise `max_steps`."
-)
-
-
-_NONFINITE_MSG = (
-    "The solution contains NaN or inf: a NaN or inf in `y0` or `args` (under `jit`, "
-    "where they cannot be checked before the solve), or a vector field that blows "
-    "up. Check the inputs; for a blow-up, shorten the span or the step."
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """Static decisions of a solve (hashable: part of the compilation cache key)."""
-
-    mode: str  # "adaptive", "controller", "lean" or "fixed" (diffeqsolve on a grid)
-    n_steps: int | None  # lean: number of steps
-    grid: str | None  # lean: "uniform" or "dt0"
-    index: tuple[int, ...] | None  # lean: save positions on the grid
-    span: bool
-    max_steps: int
-    throw: bool
-    costs: tuple[int, int, int] | None
 
 
 def solve(
@@ -133,7 +96,7 @@ def solve(
     _checks.finite_check(y0, args)
     _checks.check_vector_field(vector_field, "vector_field", ts[0], y0, args)
     terms = diffrax.ODETerm(vector_field)
-    plan = _make_plan(
+    plan = _plan.make_plan(
         solver,
         terms,
         adjoint,
@@ -147,7 +110,7 @@ def solve(
     )
     rtol, atol = _tolerances(rtol, atol, y0)
     dt0 = None if dt0 is None else jnp.asarray(dt0, dtype=ts.dtype)
-    return _dispatch(
+    return _engine.dispatch(
         plan, terms, solver, adjoint, stepsize_controller, y0, args, ts, rtol, atol, dt0
     )
 
@@ -272,7 +235,7 @@ def solve_sde(
 
         g = lambda t, y, a: lx.DiagonalLinearOperator(diffusion(t, y, a))  # noqa: E731
     terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(g, bm))
-    plan = _make_plan(
+    plan = _plan.make_plan(
         solver,
         terms,
         adjoint,
@@ -286,7 +249,7 @@ def solve_sde(
     )
     rtol, atol = _tolerances(rtol, atol, y0)
     dt0 = None if dt0 is None else jnp.asarray(dt0, dtype=ts.dtype)
-    return _dispatch(
+    return _engine.dispatch(
         plan, terms, solver, adjoint, stepsize_controller, y0, args, ts, rtol, atol, dt0
     )
 
@@ -328,222 +291,3 @@ def _noise_shapes(noise, y0, brownian_shape):
 def _tolerances(rtol, atol, y0):
     real = jnp.finfo(jax.tree_util.tree_leaves(y0)[0].dtype).dtype
     return jnp.asarray(rtol, dtype=real), jnp.asarray(atol, dtype=real)
-
-
-def _has_error_estimate(solver) -> bool:
-    tableau = getattr(solver, "tableau", None)
-    if isinstance(tableau, diffrax.ButcherTableau) and not np.any(tableau.b_error):
-        return False
-    return isinstance(solver, diffrax.AbstractAdaptiveSolver)
-
-
-def _make_plan(
-    solver, terms, adjoint, ts, span, dt0, steps, controller, max_steps, throw
-) -> _Plan:
-    costs = nfe_costs(solver, terms)
-    common = dict(span=span, max_steps=int(max_steps), throw=bool(throw), costs=costs)
-    if steps is not None and dt0 is not None:
-        raise ValueError("Give either `dt0` or `steps`, not both.")
-    if steps is not None and (int(steps) != steps or steps < 1):
-        raise ValueError(f"`steps` must be a positive integer; got {steps!r}.")
-    if controller is not None:
-        if steps is not None:
-            raise ValueError("`steps` sets a fixed grid; drop `stepsize_controller`.")
-        return _Plan("controller", None, None, None, **common)
-    if dt0 is None and steps is None:
-        if not _has_error_estimate(solver):
-            raise ValueError(
-                f"`{type(solver).__name__}` has no error estimate, so it cannot "
-                "choose its own steps: pass `dt0=` (a step size) or `steps=` (a "
-                "number of steps), or use an adaptive solver such as 'tsit5'."
-            )
-        return _Plan("adaptive", None, None, None, **common)
-    lean_ok = type(adjoint) is diffrax.RecursiveCheckpointAdjoint
-    if steps is not None:
-        n, kind = int(steps), "uniform"
-    elif _checks.is_concrete((ts, dt0)):
-        host = np.asarray(ts, dtype=np.float64)
-        t0, t1 = float(host[0]), float(host[-1])
-        n, kind = _fixed_step.num_steps_for(t0, t1, float(dt0)), "dt0"
-    else:
-        n, kind = None, "dt0"
-    if n is None or not lean_ok:
-        return _Plan("fixed", n, kind, None, **common)
-    index = None
-    if not span and _checks.is_concrete((ts, dt0)):
-        grid = _host_grid(kind, n, ts, dt0)
-        index = _fixed_step.save_indices(grid, np.asarray(ts, np.float64), ts.dtype)
-    if span:
-        index = (n,)
-    # `max_steps` plays no part in the scan; keep it out of the compilation cache key.
-    return _Plan("lean", n, kind, index, **dict(common, max_steps=0))
-
-
-def _dispatch(*operands):
-    # Called eagerly, the solve is compiled once per static configuration (new values
-    # of y0, args, ts or the tolerances reuse it). Inside a caller's trace it is
-    # inlined instead: a nested `jit` around a program with a host callback (the
-    # run-time checks) costs XLA measurably more compile time than the same program
-    # inlined.
-    if _checks.is_concrete(operands):
-        return _solve_jit(*operands)
-    return _solve(*operands)
-
-
-def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, dt0):
-    if not _checks.is_concrete(ts):
-        ts = _checks.raise_if(
-            ts,
-            [
-                (
-                    _checks.nonmonotone(ts),
-                    "`ts` must be strictly increasing or decreasing.",
-                )
-            ],
-        )
-    t0, t1 = ts[0], ts[-1]
-    save_ts = t1[None] if plan.span else ts
-    if plan.mode != "adaptive" and isinstance(solver, diffrax.AbstractImplicitSolver):
-        solver = _root_finder_tolerances(solver, rtol, atol)
-    if plan.mode == "lean":
-        if _checks.is_concrete((ts, dt0)):
-            # A known grid is a constant of the program: nothing to compute at run
-            # time, less to compile.
-            grid = _host_grid(plan.grid, plan.n_steps, ts, dt0)
-            grid = jnp.asarray(grid, dtype=ts.dtype)
-        else:
-            grid = _lean_grid(plan, t0, t1, dt0)
-        ys, result = _fixed_step.fixed_step_solve(
-            terms, solver, y0, args, grid, save_ts, plan.index
-        )
-        n = jnp.asarray(plan.n_steps, dtype=jnp.int32)
-        if plan.costs is None:
-            nfe = jnp.asarray(-1, dtype=jnp.int32)
-        else:
-            init, first, later = plan.costs
-            nfe = jnp.asarray(init + first + later * (plan.n_steps - 1), jnp.int32)
-        stats = dict(
-            num_steps=n,
-            num_accepted_steps=n,
-            num_rejected_steps=jnp.asarray(0, jnp.int32),
-            max_steps=plan.n_steps,
-            nfe=nfe,
-        )
-        sol = diffrax.Solution(
-            t0=t0,
-            t1=t1,
-            ts=save_ts,
-            ys=ys,
-            interpolation=None,
-            stats=stats,
-            result=result,
-            solver_state=None,
-            controller_state=None,
-            made_jump=None,
-            event_mask=None,
-        )
-        return _finish(plan, sol)
-
-    max_steps = plan.max_steps
-    step_dt0 = dt0
-    if plan.mode == "adaptive":
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
-    elif plan.mode == "fixed":
-        # BacksolveAdjoint restarts the controller between save times on its backward
-        # pass, carrying the state over, which a grid anchored at t0 cannot follow;
-        # it gets diffrax's ConstantStepSize (same grid when dt0 divides the span).
-        if isinstance(adjoint, diffrax.BacksolveAdjoint):
-            controller = diffrax.ConstantStepSize()
-        else:
-            controller = _fixed_step.FixedGrid()
-        if plan.grid == "uniform":
-            step_dt0 = (t1 - t0) / plan.n_steps
-        if plan.n_steps is not None:
-            max_steps = plan.n_steps + 1
-    if plan.costs is not None:
-        controller = NFECounter(controller, plan.costs)
-    saveat = diffrax.SaveAt(
-        ts=None if plan.span else ts,
-        t1=plan.span,
-        controller_state=plan.costs is not None,
-    )
-    sol = diffrax.diffeqsolve(
-        terms,
-        solver,
-        t0,
-        t1,
-        step_dt0,
-        y0,
-        args,
-        saveat=saveat,
-        stepsize_controller=controller,
-        adjoint=adjoint,
-        max_steps=max_steps,
-        throw=False,
-    )
-    if plan.costs is None:
-        nfe = jnp.asarray(-1, dtype=jnp.int32)
-    else:
-        nfe = NFECounter.read(sol.controller_state)
-    sol = eqx.tree_at(
-        lambda s: (s.stats, s.controller_state),
-        sol,
-        (dict(sol.stats, nfe=nfe), None),
-        is_leaf=lambda x: x is None,
-    )
-    return _finish(plan, sol)
-
-
-_solve_jit = eqx.filter_jit(_solve)
-
-
-def _host_grid(kind, n, ts, dt0):
-    """The lean grid from concrete `ts` (and `dt0`), in float64 on the host."""
-    host = np.asarray(ts, dtype=np.float64)
-    t0, t1 = host[0], host[-1]
-    if kind == "uniform":
-        k = np.arange(n + 1)
-        return np.where(k == n, t1, t0 + (t1 - t0) * (k / n))
-    return np.append(t0 + np.arange(n) * float(dt0), t1)
-
-
-def _lean_grid(plan, t0, t1, dt0):
-    if plan.grid == "uniform":
-        return _fixed_step.uniform_grid(t0, t1, plan.n_steps)
-    return _fixed_step.dt0_grid(t0, t1, dt0, plan.n_steps)
-
-
-def _root_finder_tolerances(solver, rtol, atol):
-    # diffrax hands an adaptive controller's tolerances to an implicit solver's root
-    # finder; with fixed steps there is no controller, so `solve`'s own `rtol`/`atol`
-    # (and the controllers' RMS norm) take that place.
-    values = {"rtol": rtol, "atol": atol, "norm": optx.rms_norm}
-    for name, value in values.items():
-        if getattr(solver.root_finder, name, None) is _use_stepsize_tol:
-            solver = eqx.tree_at(
-                lambda s, n=name: getattr(s.root_finder, n), solver, value
-            )
-    return solver
-
-
-def _finish(plan, sol):
-    if not plan.throw:
-        return sol
-    checks = [(sol.result == diffrax.RESULTS.max_steps_reached, _MAX_STEPS_MSG)]
-    for name, item in diffrax.RESULTS._name_to_item.items():
-        if name in ("successful", "max_steps_reached"):
-            continue
-        message = diffrax.RESULTS._index_to_message[int(item._value)]
-        checks.append(
-            (
-                sol.result == item,
-                f"The solve failed ({name}): {message} (Pass `throw=False` to "
-                "get the solution and read `sol.result` instead.)",
-            )
-        )
-    # Last, so that a failed solve (whose unsaved states diffrax fills with inf)
-    # reports its own reason. One check on the output rather than one on every input
-    # leaf: a single reduction, and it catches what matters, NaN/inf inputs that reach
-    # the solution as well as a solution that blows up.
-    checks.append((_checks.nonfinite(sol.ys, None), _NONFINITE_MSG))
-    return eqx.tree_at(lambda s: s.ys, sol, _checks.raise_if(sol.ys, checks))

@@ -46,7 +46,7 @@ import numpy as np
 
 from .. import problems as zoo, solve
 from .._names import ODE_SOLVERS, resolve
-from ..solve import _has_error_estimate
+from .._plan import has_error_estimate
 from ._common import interleaved_medians, median, print_table, time_compile, write_json
 
 
@@ -267,7 +267,7 @@ def _cases(solvers, tolerances, step_counts):
         if label in labels:
             raise ValueError(f"`solvers` names {label!r} twice.")
         labels.add(label)
-        adaptive = _has_error_estimate(solver)
+        adaptive = has_error_estimate(solver)
         if adaptive and tolerances is not None:
             cases.append((label, solver, "adaptive", tuple(map(float, tolerances))))
         if not adaptive or step_counts is not None:
