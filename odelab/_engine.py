@@ -61,7 +61,7 @@ def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, d
         else:
             grid = _plan.lean_grid(plan, t0, t1, dt0)
         ys, result = _fixed_step.fixed_step_solve(
-            terms, solver, y0, args, grid, save_ts, plan.index
+            terms, solver, y0, args, grid, save_ts, plan.index, plan.step_of
         )
         n = jnp.asarray(plan.n_steps, dtype=jnp.int32)
         if plan.costs is None:

@@ -58,7 +58,7 @@ def save_indices(grid: np.ndarray, ts: np.ndarray, dtype) -> tuple[int, ...] | N
     return tuple(int(j) for j in nearest)
 
 
-def fixed_step_solve(terms, solver, y0, args, grid, ts, index):
+def fixed_step_solve(terms, solver, y0, args, grid, ts, index, step_of=None):
     """Integrate over `grid` with `solver` and return `(ys, result)` at `ts`.
 
     **Arguments:**
@@ -69,6 +69,8 @@ def fixed_step_solve(terms, solver, y0, args, grid, ts, index):
     - `index`: a tuple of grid indices of the save times when they are grid points
       (the states are then read off directly), or `None` to evaluate the solver's
       dense interpolant of the step that holds each save time, as diffrax does.
+    - `step_of`: for the latter, the steps holding the save times if known while
+      tracing (`steps_holding`), else `None` to search for them at run time.
     """
     t_pairs = (grid[:-1], grid[1:])
     state0 = solver.init(terms, grid[0], grid[1], y0, args)
@@ -104,14 +106,10 @@ def fixed_step_solve(terms, solver, y0, args, grid, ts, index):
         all_ys = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y0, out)
         return jtu.tree_map(lambda a: a[idx], all_ys), result
 
-    n = grid.shape[0] - 1
-    forward = grid[-1] >= grid[0]
-    pos = jnp.where(
-        forward,
-        jnp.searchsorted(grid, ts, side="left"),
-        n + 1 - jnp.searchsorted(grid[::-1], ts, side="right"),
-    )
-    step_of = jnp.clip(pos - 1, 0, n - 1)
+    if step_of is None:
+        step_of = steps_holding(grid, ts, xp=jnp)
+    else:
+        step_of = np.asarray(step_of)
 
     def evaluate(t, j):
         info = jtu.tree_map(lambda a: a[j], out)
@@ -119,6 +117,22 @@ def fixed_step_solve(terms, solver, y0, args, grid, ts, index):
         return interp.evaluate(t)
 
     return jax.vmap(evaluate)(ts, step_of), result
+
+
+def steps_holding(grid, ts, xp=np):
+    """Index `j` of the step that holds each save time, `grid[j] < t <= grid[j+1]`.
+
+    diffrax's convention (a save time at a step end belongs to the step it ends),
+    for an increasing or decreasing grid; with `xp=jnp` it runs on traced values.
+    """
+    n = grid.shape[0] - 1
+    forward = grid[-1] >= grid[0]
+    pos = xp.where(
+        forward,
+        xp.searchsorted(grid, ts, side="left"),
+        n + 1 - xp.searchsorted(grid[::-1], ts, side="right"),
+    )
+    return xp.clip(pos - 1, 0, n - 1)
 
 
 def _first_failure(step_results):

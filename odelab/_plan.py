@@ -17,6 +17,7 @@ class Plan:
     n_steps: int | None  # lean: number of steps
     grid: str | None  # lean: "uniform" or "dt0"
     index: tuple[int, ...] | None  # lean: save positions on the grid
+    step_of: tuple[int, ...] | None  # lean, saves off the grid: the steps holding them
     span: bool
     max_steps: int
     throw: bool
@@ -42,7 +43,7 @@ def make_plan(
     if controller is not None:
         if steps is not None:
             raise ValueError("`steps` sets a fixed grid; drop `stepsize_controller`.")
-        return Plan("controller", None, None, None, **common)
+        return Plan("controller", None, None, None, None, **common)
     if dt0 is None and steps is None:
         if not has_error_estimate(solver):
             raise ValueError(
@@ -50,7 +51,7 @@ def make_plan(
                 "choose its own steps: pass `dt0=` (a step size) or `steps=` (a "
                 "number of steps), or use an adaptive solver such as 'tsit5'."
             )
-        return Plan("adaptive", None, None, None, **common)
+        return Plan("adaptive", None, None, None, None, **common)
     lean_ok = type(adjoint) is diffrax.RecursiveCheckpointAdjoint
     if steps is not None:
         n, kind = int(steps), "uniform"
@@ -61,15 +62,18 @@ def make_plan(
     else:
         n, kind = None, "dt0"
     if n is None or not lean_ok:
-        return Plan("fixed", n, kind, None, **common)
-    index = None
-    if not span and _checks.is_concrete((ts, dt0)):
-        grid = host_grid(kind, n, ts, dt0)
-        index = _fixed_step.save_indices(grid, np.asarray(ts, np.float64), ts.dtype)
+        return Plan("fixed", n, kind, None, None, **common)
+    index = step_of = None
     if span:
         index = (n,)
+    elif _checks.is_concrete((ts, dt0)):
+        grid = host_grid(kind, n, ts, dt0)
+        host = np.asarray(ts, np.float64)
+        index = _fixed_step.save_indices(grid, host, ts.dtype)
+        if index is None:
+            step_of = tuple(int(j) for j in _fixed_step.steps_holding(grid, host))
     # `max_steps` plays no part in the scan; keep it out of the compilation cache key.
-    return Plan("lean", n, kind, index, **dict(common, max_steps=0))
+    return Plan("lean", n, kind, index, step_of, **dict(common, max_steps=0))
 
 
 def host_grid(kind, n, ts, dt0):
