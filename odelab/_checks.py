@@ -62,6 +62,22 @@ def as_times(ts):
     return arr, span
 
 
+def times_like_state(ts, y0):
+    """Times in the state's real precision (the widest over its leaves).
+
+    With x64 on, a float32 state and Python-float times would otherwise mix float64
+    times into float32 steps; the state's precision is the caller's choice.
+    """
+    real = jnp.result_type(
+        *[jnp.finfo(leaf.dtype).dtype for leaf in jtu.tree_leaves(y0)]
+    )
+    if ts.dtype == real:
+        return ts
+    if is_concrete(ts):
+        return jnp.asarray(np.asarray(ts).astype(real))
+    return ts.astype(real)
+
+
 def nonmonotone(ts):
     """Whether traced `ts` fails to be strictly increasing or decreasing."""
     d = jnp.diff(ts)
@@ -141,7 +157,9 @@ def check_vector_field(fn, name, t0, y0, args, expected=None):
     try:
         out = jax.eval_shape(fn, t0, y0, args)
     except Exception as e:
-        raise type(e)(f"Evaluating `{name}(t0, y0, args)` failed: {e}") from e
+        if hasattr(e, "add_note"):
+            e.add_note(f"(raised while odelab evaluated `{name}(t0, y0, args)`)")
+        raise
     exp_struct = jtu.tree_structure(expected)
     out_struct = jtu.tree_structure(out)
     if exp_struct != out_struct:

@@ -7,7 +7,7 @@ import optimistix as optx
 from diffrax._root_finder import use_stepsize_tol as _use_stepsize_tol
 
 from . import _checks, _fixed_step, _plan
-from .solvers.nfe import NFECounter
+from .solvers.nfe import count_nfe, read_nfe
 
 
 _MAX_STEPS_MSG = (
@@ -19,6 +19,13 @@ _MAX_STEPS_MSG = (
 )
 
 
+_MAX_STEPS_FIXED_MSG = (
+    "The fixed grid t0 + k*dt0 needs more than `max_steps` steps (the step count is "
+    "not known while tracing, so `max_steps` bounds it): raise `max_steps`, pass "
+    "`steps=`, or give concrete `ts` and `dt0`."
+)
+
+
 _NONFINITE_MSG = (
     "The solution contains NaN or inf: a NaN or inf in `y0` or `args` (under `jit`, "
     "where they cannot be checked before the solve), or a vector field that blows "
@@ -27,8 +34,10 @@ _NONFINITE_MSG = (
 
 
 def dispatch(*operands):
-    # Called eagerly, the solve is compiled once per static configuration (new values
-    # of y0, args, ts or the tolerances reuse it). Inside a caller's trace it is
+    # Called eagerly, the solve is compiled once per static configuration: new values
+    # of y0, args and the tolerances reuse it, and so do new ts on adaptive solves (a
+    # fixed-step solve's step count and save positions are static). Inside a caller's
+    # trace it is
     # inlined instead: a nested `jit` around a program with a host callback (the
     # run-time checks) costs XLA measurably more compile time than the same program
     # inlined.
@@ -38,7 +47,7 @@ def dispatch(*operands):
 
 
 def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, dt0):
-    if not _checks.is_concrete(ts):
+    if not plan.ts_checked:
         ts = _checks.raise_if(
             ts,
             [
@@ -50,7 +59,10 @@ def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, d
         )
     t0, t1 = ts[0], ts[-1]
     save_ts = t1[None] if plan.span else ts
-    if plan.mode != "adaptive" and isinstance(solver, diffrax.AbstractImplicitSolver):
+    adaptive = plan.mode == "adaptive" or isinstance(
+        controller, diffrax.AbstractAdaptiveStepSizeController
+    )
+    if not adaptive and isinstance(solver, diffrax.AbstractImplicitSolver):
         solver = _root_finder_tolerances(solver, rtol, atol)
     if plan.mode == "lean":
         if _checks.is_concrete((ts, dt0)):
@@ -108,7 +120,7 @@ def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, d
         if plan.n_steps is not None:
             max_steps = plan.n_steps + 1
     if plan.costs is not None:
-        controller = NFECounter(controller, plan.costs)
+        controller = count_nfe(controller, plan.costs)
     saveat = diffrax.SaveAt(
         ts=None if plan.span else ts,
         t1=plan.span,
@@ -131,7 +143,7 @@ def _solve(plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, d
     if plan.costs is None:
         nfe = jnp.asarray(-1, dtype=jnp.int32)
     else:
-        nfe = NFECounter.read(sol.controller_state)
+        nfe = read_nfe(sol.controller_state)
     sol = eqx.tree_at(
         lambda s: (s.stats, s.controller_state),
         sol,
@@ -160,7 +172,8 @@ def _root_finder_tolerances(solver, rtol, atol):
 def _finish(plan, sol):
     if not plan.throw:
         return sol
-    checks = [(sol.result == diffrax.RESULTS.max_steps_reached, _MAX_STEPS_MSG)]
+    max_steps_msg = _MAX_STEPS_FIXED_MSG if plan.mode == "fixed" else _MAX_STEPS_MSG
+    checks = [(sol.result == diffrax.RESULTS.max_steps_reached, max_steps_msg)]
     for name, item in diffrax.RESULTS._name_to_item.items():
         if name in ("successful", "max_steps_reached"):
             continue

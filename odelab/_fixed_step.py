@@ -31,14 +31,14 @@ def dt0_grid(t0, t1, dt0, n: int):
 
 def num_steps_for(t0: float, t1: float, dt0: float) -> int:
     """Steps of size `dt0` needed to reach `t1`; a last fraction under 1e-6 is merged."""
-    ratio = (t1 - t0) / dt0
+    ratio = (t1 - t0) / dt0 if dt0 != 0 else np.nan
     if not np.isfinite(ratio) or ratio <= 0:
         raise ValueError(
             f"`dt0={dt0}` does not step from t0={t0} towards t1={t1}: give it the "
             "sign of t1 - t0 and a non-zero size."
         )
     nearest = round(ratio)
-    if nearest >= 1 and abs(ratio - nearest) <= 1e-6 * max(1.0, ratio):
+    if nearest >= 1 and abs(ratio - nearest) <= 1e-6:
         return int(nearest)
     return int(np.ceil(ratio))
 
@@ -52,6 +52,9 @@ def save_indices(grid: np.ndarray, ts: np.ndarray, dtype) -> tuple[int, ...] | N
     """
     scale = float(np.max(np.abs(np.diff(grid))))
     tol = 1e-6 * scale + 16 * float(np.finfo(dtype).eps) * float(np.max(np.abs(grid)))
+    # Far from zero float32 rounding can exceed a step; never snap a save time that
+    # is more than a thousandth of a step away.
+    tol = min(tol, 1e-3 * scale)
     nearest = np.argmin(np.abs(grid[None, :] - ts[:, None]), axis=1)
     if np.any(np.abs(grid[nearest] - ts) > tol):
         return None

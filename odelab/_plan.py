@@ -22,9 +22,11 @@ class Plan:
     max_steps: int
     throw: bool
     costs: tuple[int, int, int] | None
+    ts_checked: bool  # ts was concrete and validated before tracing
 
 
 def has_error_estimate(solver) -> bool:
+    """Whether `solver` can choose its own steps (an adaptive embedded pair)."""
     tableau = getattr(solver, "tableau", None)
     if isinstance(tableau, diffrax.ButcherTableau) and not np.any(tableau.b_error):
         return False
@@ -35,10 +37,18 @@ def make_plan(
     solver, terms, adjoint, ts, span, dt0, steps, controller, max_steps, throw
 ) -> Plan:
     costs = nfe_costs(solver, terms)
-    common = dict(span=span, max_steps=int(max_steps), throw=bool(throw), costs=costs)
+    common = dict(
+        span=span,
+        max_steps=int(max_steps),
+        throw=bool(throw),
+        costs=costs,
+        ts_checked=_checks.is_concrete(ts),
+    )
     if steps is not None and dt0 is not None:
         raise ValueError("Give either `dt0` or `steps`, not both.")
-    if steps is not None and (int(steps) != steps or steps < 1):
+    if steps is not None and (
+        isinstance(steps, bool) or int(steps) != steps or steps < 1
+    ):
         raise ValueError(f"`steps` must be a positive integer; got {steps!r}.")
     if controller is not None:
         if steps is not None:
@@ -52,7 +62,12 @@ def make_plan(
                 "number of steps), or use an adaptive solver such as 'tsit5'."
             )
         return Plan("adaptive", None, None, None, None, **common)
-    lean_ok = type(adjoint) is diffrax.RecursiveCheckpointAdjoint
+    # The lean scan is recursive checkpointing's discretisation with one checkpoint
+    # per step; an explicitly chosen checkpoint count is honoured by diffeqsolve.
+    lean_ok = (
+        type(adjoint) is diffrax.RecursiveCheckpointAdjoint
+        and adjoint.checkpoints is None
+    )
     if steps is not None:
         n, kind = int(steps), "uniform"
     elif _checks.is_concrete((ts, dt0)):

@@ -3,6 +3,7 @@
 import diffrax
 import jax
 import jax.numpy as jnp
+import lineax as lx
 
 from . import _checks, _engine, _plan
 from ._names import ADJOINTS, ODE_SOLVERS, SDE_SOLVERS, resolve
@@ -69,8 +70,8 @@ def solve(
 
     **Gradients.** diffrax 0.7.2's recursive checkpointing can return gradients off by
     ~18% when save times coincide with fixed step ends and `max_steps` equals the step
-    count (with Python-float times). `solve` passes times as arrays and fixed-step
-    solves do not depend on `max_steps`; tests compare against finite differences and
+    count (with Python-float times). `solve` passes times as arrays and the lean path
+    does not depend on `max_steps`; tests compare against finite differences and
     float64 references across such configurations.
 
     **Raises:** `ValueError`/`TypeError` at trace time for a wrong shape or dtype of
@@ -92,6 +93,7 @@ def solve(
     _checks.check_ode_solver(solver)
     y0 = _checks.as_state(y0)
     ts, span = _checks.as_times(ts)
+    ts = _checks.times_like_state(ts, y0)
     args = _checks.as_args(args)
     _checks.finite_check(y0, args)
     _checks.check_vector_field(vector_field, "vector_field", ts[0], y0, args)
@@ -183,10 +185,19 @@ def solve_sde(
         )
     solver = resolve(solver, SDE_SOLVERS, "SDE solver", "solver")
     adjoint = resolve(adjoint, ADJOINTS, "adjoint", "adjoint")
+    if not isinstance(
+        solver, (diffrax.AbstractItoSolver, diffrax.AbstractStratonovichSolver)
+    ):
+        raise ValueError(
+            f"`solver={type(solver).__name__}()` is not an SDE solver (it converges "
+            "to neither the Itô nor the Stratonovich solution); use e.g. 'euler' "
+            "(Itô), 'heun' (Stratonovich) or 'shark' (additive noise)."
+        )
     y0 = _checks.as_state(y0)
     if not isinstance(y0, jax.Array):
         raise TypeError("`solve_sde` takes a single-array `y0`; stack your state.")
     ts, span = _checks.as_times(ts)
+    ts = _checks.times_like_state(ts, y0)
     args = _checks.as_args(args)
     _checks.finite_check(y0, args)
     _checks.check_vector_field(drift, "drift", ts[0], y0, args)
@@ -207,20 +218,27 @@ def solve_sde(
         steps = 100
     if brownian == "unsafe" and stepsize_controller is not None:
         raise ValueError("`brownian='unsafe'` works with fixed steps only.")
+    if (
+        brownian == "unsafe"
+        and _checks.is_concrete(ts)
+        and float(ts[-1]) < float(ts[0])
+    ):
+        raise ValueError(
+            "`brownian='unsafe'` cannot integrate backwards in time; use "
+            "brownian='virtual_tree'."
+        )
     t0, t1 = ts[0], ts[-1]
     lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
     levy = _levy_area(solver)
     if brownian == "unsafe":
         bm = diffrax.UnsafeBrownianPath(shape=bm_shape, key=key, levy_area=levy)
     else:
-        n = steps if steps is not None else None
-        tol = (
-            (hi - lo) / (4 * n)
-            if n is not None
-            else (
-                jnp.abs(jnp.asarray(dt0)) / 4 if dt0 is not None else (hi - lo) / 2**12
-            )
-        )
+        if steps is not None:
+            tol = (hi - lo) / (4 * steps)
+        elif dt0 is not None:
+            tol = jnp.abs(jnp.asarray(dt0)) / 4
+        else:
+            tol = (hi - lo) / 2**12
         bm = diffrax.VirtualBrownianTree(
             lo,
             hi,
@@ -231,8 +249,6 @@ def solve_sde(
         )
     g = diffusion
     if noise == "diagonal":
-        import lineax as lx
-
         g = lambda t, y, a: lx.DiagonalLinearOperator(diffusion(t, y, a))  # noqa: E731
     terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(g, bm))
     plan = _plan.make_plan(

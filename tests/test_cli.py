@@ -43,7 +43,7 @@ def test_work_precision_writes_json(tmp_path, capsys):
     argv += ["--solvers", "tsit5", "--tolerances", "1e-4", "--repeats", "1"]
     argv += ["--out", str(tmp_path), "--no-plot"]
     assert main(argv) == 0
-    assert "rtol=1e-04" in capsys.readouterr().out
+    assert "rtol=0.0001" in capsys.readouterr().out
     payload = _read(tmp_path / "work_precision_exponential_decay.json")
     (row,) = payload["rows"]
     assert (row["solver"], row["rtol"], row["status"]) == ("tsit5", 1e-4, "ok")

@@ -178,3 +178,60 @@ def test_stiff_problem_with_an_explicit_solver():
             max_steps=200,
         )
         jax.block_until_ready(sol.ys)
+
+
+def test_zero_dt0_is_a_clear_error():
+    with pytest.raises(ValueError, match="dt0=0"):
+        odelab.solve(_decay, _y0(), _ts(), 1.0, solver="rk4", dt0=0.0)
+
+
+def test_unsafe_brownian_path_backwards_in_time(key):
+    with pytest.raises(ValueError, match="backwards in time"):
+        odelab.solve_sde(
+            _decay,
+            lambda t, y, a: 0.1 * jnp.ones_like(y),
+            _y0(),
+            jnp.asarray(_TS[::-1]),
+            1.0,
+            key=key,
+            steps=8,
+            brownian="unsafe",
+        )
+
+
+def test_solve_sde_rejects_an_ode_solver_object(key):
+    with pytest.raises(ValueError, match="not an SDE solver"):
+        odelab.solve_sde(
+            _decay,
+            lambda t, y, a: 0.1 * jnp.ones_like(y),
+            _y0(),
+            _ts(),
+            1.0,
+            key=key,
+            solver=diffrax.Kvaerno5(),
+        )
+
+
+def test_vector_field_error_keeps_its_type_and_says_where():
+    def branchy(t, y, args):
+        del t, args
+        if y[0] > 0:  # Python control flow on a traced value
+            return -y
+        return y
+
+    with pytest.raises(jax.errors.TracerBoolConversionError) as info:
+        odelab.solve(branchy, _y0(), _ts())
+    assert "vector_field(t0, y0, args)" in "".join(getattr(info.value, "__notes__", []))
+
+
+def test_fixed_grid_over_max_steps_under_jit_says_so():
+    # Traced ts: the step count is unknown while tracing, so `max_steps` bounds it.
+    fn = jax.jit(
+        lambda ts: (
+            odelab.solve(
+                _decay, _y0(), ts, 1.0, solver="rk4", dt0=0.01, max_steps=50
+            ).ys
+        )
+    )
+    with pytest.raises(Exception, match="fixed grid t0 \\+ k\\*dt0 needs more"):
+        jax.block_until_ready(fn(_ts()))

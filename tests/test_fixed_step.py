@@ -200,3 +200,29 @@ def test_reported_nfe_is_the_actual_count(solver_name, kwargs):
     jax.block_until_ready(sol.ys)
     jax.effects_barrier()
     assert int(sol.stats["nfe"]) == len(_CALLS) > 0
+
+
+@pytest.mark.parametrize(("t1", "n_steps"), [(1000.0005, 1001), (1000 + 5e-7, 1000)])
+def test_last_fraction_merged_alike_on_both_paths(x64, t1, n_steps):
+    # A leftover under a millionth of a step is merged into the last step, by the
+    # lean scan and by diffeqsolve's FixedGrid alike; a larger one is a step.
+    ts = jnp.asarray([0.0, t1])
+    y0 = jnp.asarray([1.0])
+    f = lambda t, y, a: -1e-3 * y  # noqa: E731
+    lean = odelab.solve(f, y0, ts, solver="rk4", dt0=1.0)
+    other = odelab.solve(f, y0, ts, solver="rk4", dt0=1.0, adjoint="direct")
+    assert int(lean.stats["num_steps"]) == n_steps
+    assert int(other.stats["num_steps"]) == n_steps
+    assert_tree_allclose(lean.ys, other.ys, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_save_times_far_from_zero_not_snapped():
+    # Far from zero float32 rounding is coarse; a save time a fifth of a step off the
+    # grid must still be read from the dense output, not from the nearest grid point.
+    ts = jnp.asarray([10000.0, 10000.01, 10001.0], dtype=jnp.float32)
+    f = lambda t, y, a: jnp.ones_like(y)  # noqa: E731
+    sol = odelab.solve(f, jnp.zeros(1), ts, solver="rk4", dt0=0.05)
+    expected = ts - ts[0]
+    # Two float32 spacings at 1e4 (times there are only that precise).
+    atol = 2 * float(np.spacing(np.float32(1e4)))
+    np.testing.assert_allclose(sol.ys[:, 0], expected, atol=atol)

@@ -450,3 +450,19 @@ def test_raw_diffrax_gradient_is_wrong_in_that_configuration(dtype, n_steps):
             diffrax.RecursiveCheckpointAdjoint(),
         )
         assert _rel_error(grad, reference) > 0.05
+
+
+@pytest.mark.parametrize("kwargs", [dict(solver="rk4", steps=10), dict()])
+def test_float32_state_keeps_its_precision_under_x64(x64, kwargs):
+    # Python-float times are float64 under x64; the state's float32 decides, on the
+    # lean path and the adaptive path alike, and stage times reach the vector field
+    # in that precision too.
+    def f(t, y, args):
+        del args
+        assert t.dtype == jnp.float32, t.dtype
+        return -t * y
+
+    y0 = jnp.ones(2, dtype=jnp.float32)
+    sol = odelab.solve(f, y0, (0.0, 1.0), **kwargs)
+    assert sol.ys.dtype == jnp.float32
+    np.testing.assert_allclose(sol.ys[-1], np.exp(-0.5) * np.ones(2), rtol=1e-5)

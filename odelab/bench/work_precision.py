@@ -304,7 +304,7 @@ def _compile(compiles, label, mode, compile_s) -> dict:
 
 def _row(label, mode, compiled, *, rtol=None, atol=None, num_steps_requested=None):
     if mode == "adaptive":
-        setting = f"{label} rtol={rtol:.0e}"
+        setting = f"{label} rtol={rtol:g}"
     else:
         setting = f"{label} steps={num_steps_requested}"
     return dict(

@@ -1,5 +1,9 @@
 """Integrators: odelab's own, usable in `diffrax.diffeqsolve` and `odelab.solve`."""
 
 from .base import AbstractExplicitRK as AbstractExplicitRK
-from .nfe import NFECounter as NFECounter, nfe_costs as nfe_costs
+from .nfe import (
+    count_nfe as count_nfe,
+    nfe_costs as nfe_costs,
+    read_nfe as read_nfe,
+)
 from .rk4 import RK4 as RK4

@@ -27,11 +27,26 @@ class AbstractExplicitRK(diffrax.AbstractSolver):
     `odelab.solve` alike, for ODEs and (through `vf_prod` with the control) SDEs.
 
     Subclasses give `tableau` (a `diffrax.ButcherTableau`) and `order`; nothing else.
-    Without an embedded error estimate (`b_error` all zero) the method is fixed-step
-    only.
+    The step returns the embedded error estimate when `b_error` is non-zero, but the
+    class is not an adaptive solver: use it with fixed steps.
 
     Dense output is the cubic Hermite interpolant through $(y_0, k_1)$ and
     $(y_1, k_s)$, as diffrax uses for its low-order methods.
+
+    **Example:** a new method is its tableau and its order (see `RK4`):
+
+    ```python
+    class Heun2(AbstractExplicitRK):
+        tableau: ClassVar[diffrax.ButcherTableau] = diffrax.ButcherTableau(
+            c=np.array([1.0]), b_sol=np.array([0.5, 0.5]), b_error=np.zeros(2),
+            a_lower=(np.array([1.0]),))
+
+        def order(self, terms):
+            return 2
+    ```
+
+    **Reference:** Hairer, Nørsett & Wanner, *Solving Ordinary Differential
+    Equations I* (2nd ed., 1993), §II.1.
     """
 
     tableau: AbstractClassVar[diffrax.ButcherTableau]
@@ -66,7 +81,7 @@ class AbstractExplicitRK(diffrax.AbstractSolver):
         ks = [terms.vf_prod(t0, y0, args, control)]
         for c_i, a_i in zip(tab.c, tab.a_lower):
             yi = _combine(y0, a_i, ks)
-            ks.append(terms.vf_prod(t0 + c_i * dt, yi, args, control))
+            ks.append(terms.vf_prod(t0 + float(c_i) * dt, yi, args, control))
         y1 = _combine(y0, tab.b_sol, ks)
         if all(b == 0 for b in tab.b_error):
             y_error = None

@@ -6,12 +6,10 @@ first-same-as-last (FSAL) stage (the first step, a rejected first step, a step a
 a jump), and by any other step attempt. Rejected attempts cost as much as accepted
 ones. An FSAL method such as Tsit5 has `first = later + 1`.
 
-The counting is done by `NFECounter`, a wrapper around the step-size controller: the
+The counting is done by `count_nfe`, a wrapper around the step-size controller: the
 controller is the one piece of diffrax's loop that sees every attempt, accepted or
 rejected, and whose state survives a rejection (the solver's state does not).
 """
-
-from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -124,30 +122,35 @@ class _AdaptiveNFECounter(
         return self.controller.norm
 
 
-class NFECounter:
+def count_nfe(controller, costs):
     """Wrap a step-size controller so that the solve counts vector-field evaluations.
 
-    `NFECounter(controller, costs)` returns a controller that behaves exactly as
-    `controller` and keeps the running count in its state; read it from
-    `sol.controller_state` with `NFECounter.read` (solve with
-    `diffrax.SaveAt(..., controller_state=True)`). Adaptive controllers stay adaptive
-    (implicit solvers still take their tolerances from them).
+    Returns a controller that behaves exactly as `controller` and keeps the running
+    count in its state; read it with `read_nfe(sol.controller_state)` after solving
+    with `diffrax.SaveAt(..., controller_state=True)`. Adaptive controllers stay
+    adaptive (implicit solvers still take their tolerances from them).
 
     **Arguments:**
 
     - `controller`: any `diffrax.AbstractStepSizeController`.
     - `costs`: `(init, first, later)` from `nfe_costs`.
+
+    **Example:**
+
+    ```python
+    term, solver = diffrax.ODETerm(f), diffrax.Tsit5()
+    ctrl = count_nfe(diffrax.PIDController(rtol=1e-6, atol=1e-6), nfe_costs(solver, term))
+    sol = diffrax.diffeqsolve(term, solver, 0.0, 1.0, None, y0, stepsize_controller=ctrl,
+                              saveat=diffrax.SaveAt(t1=True, controller_state=True))
+    read_nfe(sol.controller_state)
+    ```
     """
+    costs = tuple(int(c) for c in costs)
+    if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
+        return _AdaptiveNFECounter(controller, costs)
+    return _NFECounter(controller, costs)
 
-    adaptive_cls: ClassVar = _AdaptiveNFECounter
 
-    def __new__(cls, controller, costs):
-        costs = tuple(int(c) for c in costs)
-        if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
-            return _AdaptiveNFECounter(controller, costs)
-        return _NFECounter(controller, costs)
-
-    @staticmethod
-    def read(controller_state):
-        """The number of evaluations recorded in a final controller state."""
-        return controller_state[1]
+def read_nfe(controller_state):
+    """The number of evaluations recorded in the final state of a `count_nfe` controller."""
+    return controller_state[1]

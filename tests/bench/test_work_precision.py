@@ -62,8 +62,8 @@ def test_smoke_rows_compiles_and_plot(tmp_path):
         assert row["nfe"] > row["steps"] > 0
     # One executable per solver: the tolerances are traced arguments.
     assert [c["rows"] for c in payload["compiles"]] == [
-        ["tsit5 rtol=1e-03", "tsit5 rtol=1e-07"],
-        ["Dopri5 rtol=1e-03", "Dopri5 rtol=1e-07"],
+        ["tsit5 rtol=0.001", "tsit5 rtol=1e-07"],
+        ["Dopri5 rtol=0.001", "Dopri5 rtol=1e-07"],
     ]
     assert rows[0]["compile_id"] == rows[1]["compile_id"] != rows[2]["compile_id"]
     loose, tight = rows[0], rows[1]

@@ -69,7 +69,7 @@ def test_fixed_step_lean(solver):
 @pytest.mark.parametrize("solver", _ADAPTIVE + _FIXED_ONLY)
 def test_fixed_step_diffeqsolve_fallback(solver):
     # A non-default adjoint with `dt0` goes through `diffeqsolve` and
-    # `ConstantStepSize`, counted by the `NFECounter` controller.
+    # `ConstantStepSize`, counted by the `count_nfe` controller.
     sol, calls = _solve_and_count(solver=solver, dt0=0.125, adjoint="direct")
     assert int(sol.stats["num_steps"]) == 16
     assert int(sol.stats["nfe"]) == calls
