@@ -159,7 +159,8 @@ def solve_sde(
       ...) or any diffrax SDE solver.
     - `brownian`: `"virtual_tree"` (`diffrax.VirtualBrownianTree`: any step size,
       reproducible, differentiable) or `"unsafe"` (`diffrax.UnsafeBrownianPath`:
-      fastest, fixed steps only).
+      fastest; fixed steps forward in time only; reverse-mode gradients only on the
+      lean path, i.e. concrete `ts`/`dt0` or `steps` with the default adjoint).
     - `dt0`/`steps`: fixed step (default `steps=100` when neither is given and no
       controller is passed).
     - the rest: as in `solve`.

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import odelab
+import odelab.problems
 from tests.helpers import (
     ALL_DIFFRAX_EXPLICIT_SOLVERS,
     ORDER_SLACK,
@@ -354,3 +356,36 @@ def test_solver_id():
     assert solver_id(functools.partial(diffrax.Dopri5)) == "Dopri5"
     assert solver_id(lambda: diffrax.Heun()) == "Heun"
     assert solver_id(5) is None
+
+
+# Step counts in the asymptotic regime on Lorenz (t in [0, 1]), errors between ~1e-1
+# and ~1e-10: fewer Tsit5 steps are pre-asymptotic (local slopes 8.5, 2.8 at 40-160).
+_ZOO_ORDER_CASES = [
+    ("euler", 1, [1000, 2000, 4000, 8000]),
+    ("heun", 2, [200, 400, 800, 1600]),
+    ("midpoint", 2, [200, 400, 800, 1600]),
+    ("tsit5", 5, [160, 320, 640]),
+]
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("solver, order, step_counts", _ZOO_ORDER_CASES)
+def test_convergence_order_on_zoo_problem(solver, order, step_counts):
+    # The same harness on a smooth nonlinear zoo problem (Lorenz, short horizon)
+    # against its verified float64 reference, through odelab's fixed-step path.
+    problem = odelab.problems.get("lorenz")
+    exact = problem.reference(jnp.asarray([problem.t1]))[0]
+
+    def final_state(n):
+        sol = odelab.solve(
+            problem.vector_field,
+            problem.y0,
+            (problem.t0, problem.t1),
+            problem.args,
+            solver=solver,
+            steps=n,
+        )
+        return sol.ys[-1]
+
+    measured, errors = convergence_order(final_state, exact, step_counts)
+    assert abs(measured - order) < ORDER_SLACK, (measured, errors)
