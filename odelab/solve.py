@@ -98,22 +98,21 @@ def solve(
     _checks.finite_check(y0, args)
     _checks.check_vector_field(vector_field, "vector_field", ts[0], y0, args)
     terms = diffrax.ODETerm(vector_field)
-    plan = _plan.make_plan(
-        solver,
+    return _run(
         terms,
+        solver,
         adjoint,
+        stepsize_controller,
+        y0,
+        args,
         ts,
         span,
         dt0,
         steps,
-        stepsize_controller,
+        rtol,
+        atol,
         max_steps,
         throw,
-    )
-    rtol, atol = _tolerances(rtol, atol, y0)
-    dt0 = None if dt0 is None else jnp.asarray(dt0, dtype=ts.dtype)
-    return _engine.dispatch(
-        plan, terms, solver, adjoint, stepsize_controller, y0, args, ts, rtol, atol, dt0
     )
 
 
@@ -252,22 +251,48 @@ def solve_sde(
     if noise == "diagonal":
         g = lambda t, y, a: lx.DiagonalLinearOperator(diffusion(t, y, a))  # noqa: E731
     terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(g, bm))
-    plan = _plan.make_plan(
-        solver,
+    return _run(
         terms,
+        solver,
         adjoint,
+        stepsize_controller,
+        y0,
+        args,
         ts,
         span,
         dt0,
         steps,
-        stepsize_controller,
+        rtol,
+        atol,
         max_steps,
         throw,
+    )
+
+
+def _run(
+    terms,
+    solver,
+    adjoint,
+    controller,
+    y0,
+    args,
+    ts,
+    span,
+    dt0,
+    steps,
+    rtol,
+    atol,
+    max_steps,
+    throw,
+):
+    """Plan the solve from the checked inputs, then run it (compiled or inlined)."""
+    plan = _plan.make_plan(
+        solver, terms, adjoint, ts, span, dt0, steps, controller, max_steps, throw
     )
     rtol, atol = _tolerances(rtol, atol, y0)
     dt0 = None if dt0 is None else jnp.asarray(dt0, dtype=ts.dtype)
     return _engine.dispatch(
-        plan, terms, solver, adjoint, stepsize_controller, y0, args, ts, rtol, atol, dt0
+        plan, terms, solver, adjoint, controller, y0, args, ts, rtol, atol, dt0
     )
 
 
