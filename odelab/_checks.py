@@ -155,7 +155,7 @@ def check_vector_field(fn, name, t0, y0, args, expected=None):
     """
     expected = y0 if expected is None else expected
     try:
-        out = jax.eval_shape(fn, t0, y0, args)
+        out = eqx.filter_eval_shape(fn, t0, y0, args)
     except Exception as e:
         if hasattr(e, "add_note"):
             e.add_note(f"(raised while odelab evaluated `{name}(t0, y0, args)`)")

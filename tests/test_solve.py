@@ -466,3 +466,10 @@ def test_float32_state_keeps_its_precision_under_x64(x64, kwargs):
     sol = odelab.solve(f, y0, (0.0, 1.0), **kwargs)
     assert sol.ys.dtype == jnp.float32
     np.testing.assert_allclose(sol.ys[-1], np.exp(-0.5) * np.ones(2), rtol=1e-5)
+
+
+def test_args_may_hold_non_array_leaves(key):
+    # An equinox module as `args` carries functions (its activation) beside arrays.
+    mlp = eqx.nn.MLP(2, 2, 8, 1, activation=jnp.tanh, key=key)
+    sol = odelab.solve(lambda t, y, m: m(y), jnp.ones(2), jnp.linspace(0, 1, 3), mlp)
+    assert sol.ys.shape == (3, 2)

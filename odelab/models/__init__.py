@@ -1,0 +1,6 @@
+"""Models as equinox modules: calling one solves."""
+
+from .neural_ode import (
+    AugmentedNeuralODE as AugmentedNeuralODE,
+    NeuralODE as NeuralODE,
+)
