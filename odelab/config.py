@@ -188,13 +188,19 @@ class DataConfig(_Section):
         for the 2-D densities). Default `256`.
     - `n_times`: time points per trajectory (time-series datasets only). Default `20`.
     - `noise`: standard deviation of the Gaussian observation noise. Default `0.01`.
+    - `direction`: spirals only: `"clockwise"`, `"anticlockwise"` or `"both"` (a
+        plain neural ODE cannot fit both from the same start points). Default
+        `"clockwise"`.
     - `val_fraction`: fraction of the examples held out for validation, in [0, 1).
         Default `0.2`.
     - `seed`: PRNG seed for generating and splitting the data. Default `0`.
     """
 
     _section: ClassVar[str] = "data"
-    _choices: ClassVar[dict[str, tuple[str, ...]]] = {"kind": DATA_KINDS}
+    _choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        "kind": DATA_KINDS,
+        "direction": ("clockwise", "anticlockwise", "both"),
+    }
     _limits: ClassVar[dict[str, Callable[[Any], bool]]] = {
         "n_trajectories": _positive,
         "n_times": _positive,
@@ -206,6 +212,7 @@ class DataConfig(_Section):
     n_trajectories: int = 256
     n_times: int = 20
     noise: float = 0.01
+    direction: str = "clockwise"
     val_fraction: float = 0.2
     seed: int = 0
 

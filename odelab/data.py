@@ -229,15 +229,19 @@ def spirals(
     noise: float = 0.01,
     decay: float = 0.1,
     frequency: float = 1.0,
+    direction: str = "both",
 ) -> Dataset:
-    r"""Noisy 2-D spirals of a linear ODE, half clockwise and half anticlockwise.
+    r"""Noisy 2-D spirals of a linear ODE, clockwise, anticlockwise or half each.
 
     Each trajectory solves $\dot y = A_s y$ with
     $A_s = \begin{pmatrix} -a & s b \\ -s b & -a \end{pmatrix}$, $a$ the decay and
     $b$ the frequency, in closed form
     $y(t) = e^{-a t} \begin{pmatrix} \cos sbt & \sin sbt \\ -\sin sbt & \cos sbt
-    \end{pmatrix} y_0$. The first $\lfloor N/2 \rfloor$ trajectories turn clockwise
-    ($s = 1$, label 0), the rest anticlockwise ($s = -1$, label 1). Initial points lie
+    \end{pmatrix} y_0$. With `direction="both"` the first $\lfloor N/2 \rfloor$
+    trajectories turn clockwise ($s = 1$, label 0), the rest anticlockwise ($s = -1$,
+    label 1); `"clockwise"` or `"anticlockwise"` gives one direction only. (An
+    autonomous 2-D ODE cannot fit both directions from the same start points: its
+    trajectories cannot cross. Both directions are for models with an encoder.) Initial points lie
     on the ring $0.75 \le |y_0| \le 1.25$ at a uniform angle, radius uniform. The
     saved values are $y(t_k) + \sigma \varepsilon$, $\varepsilon \sim N(0, I)$, at
     $t_k$ evenly spaced on $[0, t_1]$.
@@ -250,11 +254,13 @@ def spirals(
     - `t1`: the final time $t_1$ (default one turn for $b = 1$).
     - `noise`: the observation noise $\sigma \ge 0$.
     - `decay`, `frequency`: $a$ and $b$.
+    - `direction`: `"both"`, `"clockwise"` or `"anticlockwise"`.
 
     **Returns:** a `Dataset` with `ts` `(n_times,)`, `ys` `(n_trajectories, n_times,
     2)`, `labels` `(n_trajectories,)` int32.
 
-    **Raises:** `ValueError` for a non-positive count or negative noise.
+    **Raises:** `ValueError` for a non-positive count, negative noise or an unknown
+    direction.
 
     **Reference:** the latent-ODE spiral task of R. T. Q. Chen, Y. Rubanova,
     J. Bettencourt and D. Duvenaud, *Neural Ordinary Differential Equations*,
@@ -263,17 +269,30 @@ def spirals(
     _check_count("n_trajectories", n_trajectories)
     _check_count("n_times", n_times)
     _check_noise(noise)
-    return _spirals(key, n_trajectories, n_times, t1, noise, decay, frequency)
+    if direction not in _DIRECTIONS:
+        raise ValueError(
+            f"`direction` must be one of {', '.join(_DIRECTIONS)}; got {direction!r}."
+        )
+    return _spirals(
+        key, n_trajectories, n_times, t1, noise, decay, frequency, direction
+    )
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _spirals(key, n_trajectories, n_times, t1, noise, decay, frequency):
+_DIRECTIONS = ("both", "clockwise", "anticlockwise")
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 7))
+def _spirals(key, n_trajectories, n_times, t1, noise, decay, frequency, direction):
     dtype = _float_dtype()
     angle_key, radius_key, noise_key = jr.split(key, 3)
     angle = jr.uniform(angle_key, (n_trajectories, 1), dtype, 0.0, 2 * math.pi)
     radius = jr.uniform(radius_key, (n_trajectories, 1), dtype, 0.75, 1.25)
     x0, y0 = radius * jnp.cos(angle), radius * jnp.sin(angle)
-    labels = _balanced_labels(n_trajectories)
+    if direction == "both":
+        labels = _balanced_labels(n_trajectories)
+    else:
+        label = 0 if direction == "clockwise" else 1
+        labels = jnp.full((n_trajectories,), label, dtype=jnp.int32)
     sign = (1 - 2 * labels).astype(dtype)[:, None]
     ts = jnp.linspace(0.0, t1, n_times, dtype=dtype)
     theta = sign * frequency * ts[None, :]

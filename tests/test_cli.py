@@ -81,3 +81,23 @@ def test_overhead_writes_json(tmp_path, capsys):
         "odelab_traced_ts",
     ]
     assert all(len(v) == 2 for v in payload["raw_run_s"].values())
+
+
+@pytest.mark.loose_promotion  # optax's adam mixes a Python float with an int32 count
+def test_train_runs_a_small_config_and_reports(tmp_path, capsys):
+    argv = ["train", "--no-progress", "--cache-dir", ""]
+    argv += ["--set", f"output.dir={tmp_path}", "--set", "training.steps=6"]
+    argv += ["--set", "training.eval_every=3", "--set", "output.plots=false"]
+    argv += ["--set", "data.n_trajectories=32", "--set", "training.batch_size=8"]
+    assert main(argv) == 0
+    assert "val_mse=" in capsys.readouterr().out
+    assert (tmp_path / "neural_ode_spiral" / "checkpoint.eqx").exists()
+
+
+def test_train_bad_config_is_one_line(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.yaml"), "--cache-dir", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("odelab train:") and "missing.yaml" in err
+    assert "\n" not in err
+    assert main(["train", "--set", "model.widht=3", "--cache-dir", ""]) == 2
+    assert "did you mean `width`" in capsys.readouterr().err

@@ -376,3 +376,13 @@ def test_digits_without_sklearn_says_how_to_install(monkeypatch):
     )
     with pytest.raises(ImportError, match="pip install scikit-learn"):
         data.digits()
+
+
+@pytest.mark.parametrize(
+    ("direction", "label"), [("clockwise", 0), ("anticlockwise", 1)]
+)
+def test_spirals_one_direction(key, direction, label):
+    dataset = data.spirals(key, 16, 8, noise=0.0, direction=direction)
+    assert np.all(np.asarray(dataset.labels) == label)
+    with pytest.raises(ValueError, match="direction"):
+        data.spirals(key, 16, 8, direction="sideways")

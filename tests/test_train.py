@@ -1,0 +1,160 @@
+"""The training loop: learning, files, bitwise resume, and the failure modes.
+
+optax's adam raises a Python float to an int32 count, which strict dtype promotion
+rejects, so every test here runs with `loose_promotion`.
+"""
+
+import json
+import os
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+from odelab.config import ConfigError, load_config
+from odelab.train import load_checkpoint, train
+
+
+pytestmark = pytest.mark.loose_promotion
+
+
+def _config(**sections):
+    raw = {
+        "name": "tiny",
+        "model": {"width": 16, "depth": 1},
+        "data": {"n_trajectories": 32, "n_times": 8},
+        "solver": {"name": "rk4", "steps": 8},
+        "training": {
+            "steps": 12,
+            "batch_size": 8,
+            "eval_every": 6,
+            "checkpoint_every": 4,
+            "log_every": 1,
+        },
+        "optimizer": {"learning_rate": 0.01},
+        "output": {"plots": False},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw[section], **values}
+    return load_config(raw)
+
+
+def _records(directory):
+    with open(os.path.join(directory, "metrics.jsonl"), encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+def _read(path):
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def test_loss_decreases(tmp_path):
+    config = _config(training={"steps": 40})
+    metrics = train(config, progress=False, out_root=str(tmp_path))
+    losses = [r["loss"] for r in _records(metrics["run_dir"]) if "loss" in r]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    assert metrics["steps"] == 40
+    assert np.isfinite(metrics["val_mse"])
+
+
+def test_files_written(tmp_path):
+    config = _config(output={"plots": True}, training={"log_every": 5})
+    metrics = train(config, progress=False, out_root=str(tmp_path))
+    directory = metrics["run_dir"]
+    assert directory == os.path.join(str(tmp_path), "tiny")
+    for name in (
+        "metrics.jsonl",
+        "checkpoint.eqx",
+        "checkpoint.json",
+        "config.yaml",
+        "loss.png",
+        "trajectories.png",
+    ):
+        assert os.path.getsize(os.path.join(directory, name)) > 0, name
+    records = _records(directory)
+    # Logged at 5, 10 and the end; evaluated at 6 and 12.
+    assert [r["step"] for r in records] == [5, 6, 10, 12]
+    assert {"loss", "grad_norm", "steps_per_s"} <= records[0].keys()
+    assert {"val_mse", "nfe"} <= records[-1].keys()
+    assert load_config(os.path.join(directory, "config.yaml")) == config
+    with open(os.path.join(directory, "checkpoint.json"), encoding="utf-8") as file:
+        assert json.load(file)["step"] == 12
+    for name in ("loss.png", "trajectories.png"):
+        assert _read(os.path.join(directory, name))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_is_bitwise(tmp_path):
+    config = _config()
+    full = train(config, progress=False, out_root=str(tmp_path / "full"))
+    split_root = str(tmp_path / "split")
+    stopped = train(config, progress=False, out_root=split_root, stop_after=5)
+    assert stopped["steps"] == 5
+    resumed = train(config, progress=False, out_root=split_root, resume=True)
+    assert resumed["steps"] == 12
+    model_a, opt_a, step_a, _ = load_checkpoint(config, full["run_dir"])
+    model_b, opt_b, step_b, _ = load_checkpoint(config, resumed["run_dir"])
+    assert step_a == step_b == 12
+    leaves_a = jax.tree.leaves(eqx.filter((model_a, opt_a), eqx.is_array))
+    leaves_b = jax.tree.leaves(eqx.filter((model_b, opt_b), eqx.is_array))
+    assert len(leaves_a) == len(leaves_b) > 0
+    for a, b in zip(leaves_a, leaves_b):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert resumed["loss"] == full["loss"]
+    # The stopped run's records up to its checkpoint, then the resumed run's.
+    assert [r["step"] for r in _records(resumed["run_dir"])] == list(range(1, 13))
+
+
+def test_resume_without_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*checkpoint.eqx"):
+        train(_config(), progress=False, out_root=str(tmp_path), resume=True)
+
+
+def test_resume_with_different_model(tmp_path):
+    train(_config(), progress=False, out_root=str(tmp_path), stop_after=4)
+    other = _config(model={"width": 32, "activation": "relu"})
+    with pytest.raises(ConfigError, match="activation 'tanh' -> 'relu', width 16"):
+        train(other, progress=False, out_root=str(tmp_path), resume=True)
+
+
+def test_untrainable_data_kind(tmp_path):
+    with pytest.raises(ConfigError, match="'moons' is not trainable by the neural-ODE"):
+        train(_config(data={"kind": "moons"}), progress=False, out_root=str(tmp_path))
+
+
+def test_batch_larger_than_training_set(tmp_path):
+    with pytest.raises(ConfigError, match="`training.batch_size` .64. exceeds the 26"):
+        train(
+            _config(training={"batch_size": 64}), progress=False, out_root=str(tmp_path)
+        )
+
+
+@pytest.mark.parametrize("n_times", [8, 20])
+def test_nan_guard_keeps_checkpoint(tmp_path, n_times):
+    # Plain SGD with an absurd step: step 1 is computed from the finite initial
+    # parameters, step 2 from parameters of size ~1e30, whose loss overflows
+    # (n_times=8) or whose solve trips `odelab.solve`'s NaN check (n_times=20).
+    config = _config(
+        data={"n_times": n_times},
+        optimizer={
+            "name": "sgd",
+            "learning_rate": 1e30,
+            "schedule": "constant",
+            "grad_clip_norm": None,
+        },
+        training={"checkpoint_every": 1},
+    )
+    reference = train(
+        config, progress=False, out_root=str(tmp_path / "ref"), stop_after=1
+    )
+    root = str(tmp_path / "run")
+    with pytest.raises(
+        RuntimeError, match=r"(is (nan|inf)|solve failed) at step 2.*; the last good"
+    ):
+        train(config, progress=False, out_root=root)
+    directory = os.path.join(root, "tiny")
+    for name in ("checkpoint.eqx", "checkpoint.json"):
+        expected = _read(os.path.join(reference["run_dir"], name))
+        assert _read(os.path.join(directory, name)) == expected
