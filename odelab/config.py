@@ -619,10 +619,23 @@ def dump_config(config: Config, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    atomic_write(os.fspath(path), lambda file: file.write(text.encode("utf-8")))
+
+
+def atomic_write(path: str, write) -> None:
+    """Write a file all or nothing: `write(file)` into a temporary file in the same
+    folder (binary mode), flush it to disk, then rename it over `path`.
+
+    A crash or an exception leaves the old file (if any) untouched and no temporary
+    file behind.
+    """
+    directory = os.path.dirname(path) or "."
+    fd, temp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+    )
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
+        with os.fdopen(fd, "wb") as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)

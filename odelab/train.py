@@ -26,12 +26,10 @@ A run writes to `<out_root or output.dir>/<name>/`:
 - `loss.png`, `trajectories.png` if `output.plots`.
 """
 
-import contextlib
 import functools
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -44,7 +42,7 @@ import optax
 from tqdm.auto import tqdm
 
 from . import data as _data
-from .config import Config, ConfigError, config_to_dict, dump_config
+from .config import Config, ConfigError, atomic_write, config_to_dict, dump_config
 from .models import AugmentedNeuralODE, NeuralODE
 
 
@@ -167,32 +165,15 @@ def _evaluate(model, val_set):
     return mse, nfe
 
 
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, temp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-    )
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
 def _save_checkpoint(directory, config, model, opt_state, step, base_key) -> None:
     state = (model, opt_state, jnp.asarray(step, jnp.int32), jr.key_data(base_key))
-    _atomic_write(
+    atomic_write(
         os.path.join(directory, CHECKPOINT),
         lambda file: eqx.tree_serialise_leaves(file, state),
     )
     meta = {"step": step, "config": config_to_dict(config)}
     text = json.dumps(meta, indent=2).encode()
-    _atomic_write(
+    atomic_write(
         os.path.join(directory, CHECKPOINT_META), lambda file: file.write(text)
     )
 
@@ -269,7 +250,7 @@ def _truncate_metrics(path: str, last_step: int) -> None:
         lines = [line for line in file if line.strip()]
     kept = [line for line in lines if json.loads(line)["step"] <= last_step]
     text = "".join(kept).encode()
-    _atomic_write(path, lambda file: file.write(text))
+    atomic_write(path, lambda file: file.write(text))
 
 
 def train(
