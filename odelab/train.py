@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from . import data as _data
@@ -142,15 +143,48 @@ def make_optimizer(
     return optimizer
 
 
+def data_mesh(batch_size: int) -> Mesh | None:
+    """A one-axis device mesh `("batch",)` over all visible devices, or `None` for one.
+
+    Multi-host runs call `jax.distributed.initialize()` before training; the mesh then
+    spans every process's devices.
+
+    **Raises:** `ConfigError` if the batch does not split evenly over the devices.
+    """
+    devices = jax.devices()
+    if len(devices) == 1:
+        return None
+    if batch_size % len(devices):
+        raise ConfigError(
+            f"`training.batch_size` ({batch_size}) must be a multiple of the "
+            f"{len(devices)} devices to shard the batch over them"
+        )
+    return Mesh(np.asarray(devices), ("batch",))
+
+
+def _replicate(tree, mesh):
+    replicated = NamedSharding(mesh, P())
+    return jax.tree.map(
+        lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x, tree
+    )
+
+
 def _mse(model, ts, ys):
     predicted = jax.vmap(model, in_axes=(None, 0))(ts, ys[:, 0])
     return jnp.mean((predicted - ys) ** 2)
 
 
 @eqx.filter_jit
-def _train_step(model, opt_state, train_set, base_key, step, optimizer, batch_size):
+def _train_step(
+    model, opt_state, train_set, base_key, step, optimizer, batch_size, mesh
+):
     batch = _data.sample_batch(train_set, batch_size, jr.fold_in(base_key, step))
-    loss, grads = eqx.filter_value_and_grad(_mse)(model, batch.ts, batch.ys)
+    ys = batch.ys
+    if mesh is not None:
+        # Data parallelism: the batch axis is split over the devices, everything else
+        # is replicated; XLA inserts the all-reduce of the loss and gradients.
+        ys = jax.lax.with_sharding_constraint(ys, NamedSharding(mesh, P("batch")))
+    loss, grads = eqx.filter_value_and_grad(_mse)(model, batch.ts, ys)
     updates, opt_state = optimizer.update(
         grads, opt_state, eqx.filter(model, eqx.is_array)
     )
@@ -304,6 +338,7 @@ def train(
             "training examples (data.n_trajectories minus the validation part); "
             "lower it or generate more data"
         )
+    mesh = data_mesh(section.batch_size)
     total = section.steps if stop_after is None else min(stop_after, section.steps)
     optimizer = make_optimizer(config)
     metrics_path = os.path.join(directory, METRICS)
@@ -320,6 +355,8 @@ def train(
             pass
     dump_config(config, os.path.join(directory, "config.yaml"))
     checkpoint_path = os.path.join(directory, CHECKPOINT)
+    if mesh is not None:
+        model, opt_state, train_set = _replicate((model, opt_state, train_set), mesh)
 
     loss = math.nan
     val_mse = nfe = None
@@ -338,6 +375,7 @@ def train(
                     jnp.asarray(step - 1, jnp.int32),
                     optimizer,
                     section.batch_size,
+                    mesh,
                 )
                 loss, grad_norm = float(loss_array), float(grad_norm_array)
             except eqx.EquinoxRuntimeError as error:
