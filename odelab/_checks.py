@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from equinox import _errors as _eqx_errors
 
 
 def is_concrete(x) -> bool:
@@ -201,3 +202,20 @@ def _is_float_array(leaf) -> bool:
 def _where(path) -> str:
     s = jtu.keystr(path)
     return f"`{s}`" if s else "(the root)"
+
+
+def errors_as_nan() -> None:
+    """From now on, trace run-time checks (`eqx.error_if`, odelab's and diffrax's) as
+    NaN outputs instead of host callbacks, for the rest of the process.
+
+    A program with a host callback, which is how `eqx.error_if` raises, is never
+    written to JAX's persistent compilation cache. `odelab train` calls this before
+    it traces anything, so that its training step is cached across processes; a
+    failed check then shows as a NaN loss, which the loop catches on the host and
+    explains from the solve's result code (`odelab.train`). Process-wide on purpose:
+    equinox caches traces without the mode in the key, so switching back and forth
+    would let a trace of one mode be reused in the other.
+    """
+    # equinox reads this module global at trace time (its environment variable,
+    # EQX_ON_ERROR, is read once when equinox is imported, before odelab can set it).
+    _eqx_errors.EQX_ON_ERROR = "nan"

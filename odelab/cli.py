@@ -8,6 +8,7 @@ import sys
 
 BENCHMARKS = {
     "overhead": "odelab.bench.overhead",
+    "train-step": "odelab.bench.train_step",
     "work-precision": "odelab.bench.work_precision",
 }
 
@@ -122,7 +123,13 @@ def _train(argv):
     from .config import ConfigError, load_config
 
     if ns.cache_dir:
-        _enable_compilation_cache(ns.cache_dir)
+        from ._cache import enable_compilation_cache
+        from ._checks import errors_as_nan
+
+        enable_compilation_cache(ns.cache_dir)
+        # A step with host callbacks (raising run-time checks) is never cached;
+        # the loop names a failed solve from its result code instead.
+        errors_as_nan()
     source = ns.config
     if source is None:
         source = DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else {}
@@ -142,15 +149,6 @@ def _train(argv):
     return 0
 
 
-def _enable_compilation_cache(path):
-    import jax
-
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 COMMANDS = {"train": _train, "bench": _bench, "demo": _demo}
 
 
@@ -160,7 +158,8 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: odelab {" + ",".join(COMMANDS) + "} ...")
         print(_TRAIN_EPILOG)
-        print("  odelab bench overhead\n  odelab bench work-precision --problem lorenz")
+        print("  odelab bench overhead\n  odelab bench train-step")
+        print("  odelab bench work-precision --problem lorenz")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:

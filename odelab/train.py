@@ -33,6 +33,7 @@ import os
 import time
 from typing import Any
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from . import data as _data
+from ._engine import _MAX_STEPS_MSG
 from .config import Config, ConfigError, atomic_write, config_to_dict, dump_config
 from .models import AugmentedNeuralODE, NeuralODE
 
@@ -170,8 +172,17 @@ def _replicate(tree, mesh):
 
 
 def _mse(model, ts, ys):
-    predicted = jax.vmap(model, in_axes=(None, 0))(ts, ys[:, 0])
-    return jnp.mean((predicted - ys) ** 2)
+    return _mse_nfe(model, ts, ys)[0]
+
+
+def _mse_nfe(model, ts, ys):
+    sol = jax.vmap(model.solution, in_axes=(None, 0))(ts, ys[:, 0])
+    predicted = sol.ys
+    if isinstance(model, AugmentedNeuralODE):
+        predicted = predicted[..., : model.dim]
+    # The batch's trajectories are solved side by side (vmap), so the step costs the
+    # largest of their evaluation counts.
+    return jnp.mean((predicted - ys) ** 2), jnp.max(sol.stats["nfe"])
 
 
 @eqx.filter_jit
@@ -184,12 +195,33 @@ def _train_step(
         # Data parallelism: the batch axis is split over the devices, everything else
         # is replicated; XLA inserts the all-reduce of the loss and gradients.
         ys = jax.lax.with_sharding_constraint(ys, NamedSharding(mesh, P("batch")))
-    loss, grads = eqx.filter_value_and_grad(_mse)(model, batch.ts, ys)
+    (loss, nfe), grads = eqx.filter_value_and_grad(_mse_nfe, has_aux=True)(
+        model, batch.ts, ys
+    )
     updates, opt_state = optimizer.update(
         grads, opt_state, eqx.filter(model, eqx.is_array)
     )
     model = eqx.apply_updates(model, updates)
-    return model, opt_state, loss, optax.tree.norm(grads)
+    return model, opt_state, loss, optax.tree.norm(grads), nfe
+
+
+def _diagnose(model, train_set, base_key, step, batch_size) -> str:
+    # Name the cause of a non-finite loss from the solve's own result code (which
+    # works whether run-time checks raise or, under `odelab train`, trace as NaN; see
+    # `_checks.errors_as_nan`): re-solve the same batch without throwing.
+    batch = _data.sample_batch(train_set, batch_size, jr.fold_in(base_key, step))
+    sol = jax.vmap(lambda y0: model.solution(batch.ts, y0, throw=False))(batch.ys[:, 0])
+    codes = np.unique(np.asarray(sol.result._value))
+    failed = [c for c in codes if c != diffrax.RESULTS.successful._value]
+    if failed:
+        if failed[0] == diffrax.RESULTS.max_steps_reached._value:
+            message = _MAX_STEPS_MSG
+        else:
+            message = diffrax.RESULTS._index_to_message[int(failed[0])]
+        return f" (the solve failed: {message})"
+    if not np.all(np.isfinite(np.asarray(sol.ys))):
+        return " (the solution contains NaN or inf: the vector field blew up)"
+    return ""
 
 
 @eqx.filter_jit
@@ -367,28 +399,34 @@ def train(
     with bar:
         for step in range(start + 1, total + 1):
             try:
-                model_next, opt_next, loss_array, grad_norm_array = _train_step(
-                    model,
-                    opt_state,
-                    train_set,
-                    base_key,
-                    jnp.asarray(step - 1, jnp.int32),
-                    optimizer,
-                    section.batch_size,
-                    mesh,
+                model_next, opt_next, loss_array, grad_norm_array, nfe_array = (
+                    _train_step(
+                        model,
+                        opt_state,
+                        train_set,
+                        base_key,
+                        jnp.asarray(step - 1, jnp.int32),
+                        optimizer,
+                        section.batch_size,
+                        mesh,
+                    )
                 )
                 loss, grad_norm = float(loss_array), float(grad_norm_array)
             except eqx.EquinoxRuntimeError as error:
-                # The solve's own NaN/inf check (`eqx.error_if`) fires before the
-                # loss is seen; report it like the loss check below.
+                # A run-time check raising inside the step (the default outside the
+                # CLI): report it like a non-finite loss.
                 raise RuntimeError(
                     f"the solve failed at step {step} ({_error_line(error)}); "
                     + _kept(checkpoint_path)
                 ) from error
             for name, value in (("loss", loss), ("gradient norm", grad_norm)):
                 if not math.isfinite(value):
+                    cause = _diagnose(
+                        model, train_set, base_key, step - 1, section.batch_size
+                    )
                     raise RuntimeError(
-                        f"{name} is {value} at step {step}; {_kept(checkpoint_path)}"
+                        f"{name} is {value} at step {step}{cause}; "
+                        + _kept(checkpoint_path)
                     )
             model, opt_state = model_next, opt_next
             bar.update(1)
@@ -403,11 +441,14 @@ def train(
                     "loss": loss,
                     "grad_norm": grad_norm,
                     "steps_per_s": rate,
+                    "nfe_per_step": int(nfe_array),
                 }
-                bar.set_postfix(loss=f"{loss:.4g}", steps_per_s=f"{rate:.3g}")
+                bar.set_postfix(
+                    loss=f"{loss:.4g}", nfe=int(nfe_array), steps_per_s=f"{rate:.3g}"
+                )
             if step % section.eval_every == 0 or is_last:
-                mse, nfe_array = _evaluate(model, val_set)
-                val_mse, nfe = float(mse), int(nfe_array)
+                mse, val_nfe = _evaluate(model, val_set)
+                val_mse, nfe = float(mse), int(val_nfe)
                 record = record or {"step": step}
                 record.update(val_mse=val_mse, nfe=nfe)
             if record is not None:
@@ -416,8 +457,8 @@ def train(
                 _save_checkpoint(directory, config, model, opt_state, step, base_key)
 
     if val_mse is None:
-        mse, nfe_array = _evaluate(model, val_set)
-        val_mse, nfe = float(mse), int(nfe_array)
+        mse, val_nfe = _evaluate(model, val_set)
+        val_mse, nfe = float(mse), int(val_nfe)
     if config.output.plots and total == section.steps:
         _plot(directory, metrics_path, model, val_set)
     return {

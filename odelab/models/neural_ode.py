@@ -90,8 +90,11 @@ class NeuralODE(eqx.Module):
         self.steps = steps
         self.max_steps = max_steps
 
-    def solution(self, ts, y0):
-        """The full `diffrax.Solution` (with `stats["nfe"]`) for one trajectory."""
+    def solution(self, ts, y0, *, throw: bool = True):
+        """The full `diffrax.Solution` (with `stats["nfe"]`) for one trajectory.
+
+        `throw=False` returns a failed solve (read `sol.result`) instead of raising.
+        """
         if jnp.ndim(y0) != 1:
             raise ValueError(
                 f"`y0` must be one state of shape (dim,), got shape {jnp.shape(y0)}; "
@@ -109,6 +112,7 @@ class NeuralODE(eqx.Module):
             dt0=self.dt0,
             steps=self.steps,
             max_steps=self.max_steps,
+            throw=throw,
         )
 
     def __call__(self, ts, y0):
@@ -144,7 +148,7 @@ class AugmentedNeuralODE(eqx.Module):
         self.dim = dim
         self.augment_dims = augment_dims
 
-    def solution(self, ts, y0):
+    def solution(self, ts, y0, *, throw: bool = True):
         """The full solution of the augmented system (state of `dim + augment_dims`)."""
         if jnp.ndim(y0) != 1 or jnp.shape(y0)[0] != self.dim:
             raise ValueError(
@@ -152,7 +156,7 @@ class AugmentedNeuralODE(eqx.Module):
                 "`jax.vmap(model, in_axes=(None, 0))`."
             )
         y0 = jnp.concatenate([y0, jnp.zeros((self.augment_dims,), jnp.result_type(y0))])
-        return self.node.solution(ts, y0)
+        return self.node.solution(ts, y0, throw=throw)
 
     def __call__(self, ts, y0):
         """The trajectory of the first `dim` components at `ts`."""
