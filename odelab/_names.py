@@ -4,7 +4,8 @@ from collections.abc import Callable
 
 import diffrax
 
-from .solvers import RK4
+from .adjoints import ReversibleAdjoint
+from .solvers import BDIA, MALI, RK4, ReversibleHeun, ReversibleRK
 
 
 ODE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
@@ -21,7 +22,11 @@ ODE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "kvaerno3": diffrax.Kvaerno3,
     "kvaerno4": diffrax.Kvaerno4,
     "kvaerno5": diffrax.Kvaerno5,
-    "reversible_heun": diffrax.ReversibleHeun,
+    "reversible_heun": ReversibleHeun,
+    "bdia": BDIA,
+    "reversible_rk4": lambda: ReversibleRK(RK4()),
+    "reversible_tsit5": lambda: ReversibleRK(diffrax.Tsit5()),
+    "mali": MALI,
     "leapfrog_midpoint": diffrax.LeapfrogMidpoint,
 }
 """Solver names accepted by `odelab.solve`, each mapped to a zero-argument factory."""
@@ -47,10 +52,13 @@ ADJOINTS: dict[str, Callable[[], diffrax.AbstractAdjoint]] = {
     "direct": diffrax.DirectAdjoint,
     "backsolve": diffrax.BacksolveAdjoint,
     "forward": diffrax.ForwardMode,
+    "reversible": ReversibleAdjoint,
 }
 """Adjoint names: `"checkpoint"` (discrete, recursive checkpointing; odelab's lean
 fixed-step path when the grid is fixed), `"direct"`, `"backsolve"` (continuous adjoint,
-O(1) memory) and `"forward"` (forward-mode)."""
+O(1) memory), `"forward"` (forward-mode) and `"reversible"` (exact discrete gradients,
+memory flat in the number of steps, for the reversible solvers: reversible_heun, bdia,
+reversible_rk4, reversible_tsit5, mali)."""
 
 
 def resolve(value, registry: dict, what: str, argname: str):

@@ -27,6 +27,9 @@ class Plan:
 
 def has_error_estimate(solver) -> bool:
     """Whether `solver` can choose its own steps (an adaptive embedded pair)."""
+    base = getattr(solver, "adaptive_base", None)
+    if base is not None:  # a wrapper (ReversibleRK) that adapts iff its base does
+        return has_error_estimate(base)
     tableau = getattr(solver, "tableau", None)
     if isinstance(tableau, diffrax.ButcherTableau) and not np.any(tableau.b_error):
         return False

@@ -7,6 +7,7 @@ import sys
 
 
 BENCHMARKS = {
+    "adjoints": "odelab.bench.adjoints",
     "overhead": "odelab.bench.overhead",
     "train-step": "odelab.bench.train_step",
     "work-precision": "odelab.bench.work_precision",

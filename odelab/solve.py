@@ -46,7 +46,8 @@ def solve(
     - `steps`: alternatively, the number of equal fixed steps from `ts[0]` to `ts[-1]`.
     - `stepsize_controller`: any diffrax controller; default: PID on `rtol`/`atol`
       without `dt0`/`steps`, a fixed step with them.
-    - `adjoint`: `"checkpoint"` (default), `"direct"`, `"backsolve"`, `"forward"`, or
+    - `adjoint`: `"checkpoint"` (default), `"direct"`, `"backsolve"`, `"forward"`,
+      `"reversible"` (with a reversible solver: exact gradients, flat memory), or
       any `diffrax.AbstractAdjoint`.
     - `max_steps`: the most steps an adaptive solve may take.
     - `throw`: raise on failure (inside `jit` too); otherwise read `sol.result`.

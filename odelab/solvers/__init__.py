@@ -6,4 +6,12 @@ from .nfe import (
     nfe_costs as nfe_costs,
     read_nfe as read_nfe,
 )
+from .reversible import (
+    BDIA as BDIA,
+    MALI as MALI,
+    AbstractReversibleSolver as AbstractReversibleSolver,
+    ReversibleHeun as ReversibleHeun,
+    ReversibleRK as ReversibleRK,
+    is_reversible as is_reversible,
+)
 from .rk4 import RK4 as RK4

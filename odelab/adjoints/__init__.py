@@ -1,0 +1,3 @@
+"""Adjoints: how gradients flow through a solve (diffrax `AbstractAdjoint`s)."""
+
+from .reversible import ReversibleAdjoint as ReversibleAdjoint

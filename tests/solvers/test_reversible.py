@@ -1,0 +1,166 @@
+"""Tests of `odelab.solvers.reversible`: orders, exact inverse steps, bad input."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import odelab
+import odelab.problems
+from odelab.solvers import BDIA, MALI, RK4, ReversibleHeun, ReversibleRK
+from tests.helpers import ORDER_SLACK, convergence_order
+
+
+_T1 = 2.0
+_Y0 = (0.2, 1.0)
+_ARGS = (1.5, 2.0)
+
+
+def _field(t, y, args):
+    """Logistic growth and a periodically forced rate: nonlinear and non-autonomous."""
+    r, w = args[0], args[1]
+    return jnp.stack([r * y[0] * (1 - y[0]), jnp.cos(w * t) * y[1]])
+
+
+def _exact(t):
+    r, w = _ARGS
+    logistic = 1 / (1 + (1 / _Y0[0] - 1) * np.exp(-r * t))
+    forced = _Y0[1] * np.exp(np.sin(w * t) / w)
+    return np.stack([logistic, forced], axis=-1)
+
+
+# (solver, declared order, step counts in the asymptotic regime)
+ORDER_CASES = [
+    (ReversibleHeun(), 2, [100, 200, 400, 800]),
+    (BDIA(), 2, [100, 200, 400, 800]),
+    (BDIA(gamma=0.5), 1, [200, 400, 800, 1600]),
+    (BDIA(base=diffrax.Heun(), gamma=0.8), 2, [100, 200, 400, 800]),
+    (ReversibleRK(RK4()), 4, [40, 80, 160, 320]),
+    (ReversibleRK(diffrax.Heun(), coupling=0.9), 2, [100, 200, 400, 800]),
+    (MALI(), 2, [100, 200, 400, 800]),
+    (MALI(eta=0.8), 1, [200, 400, 800, 1600]),
+]
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize(
+    "solver, order, counts", ORDER_CASES, ids=lambda v: repr(v)[:40]
+)
+def test_convergence_order(solver, order, counts):
+    @jax.jit
+    def final(dt):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(_field),
+            solver,
+            0.0,
+            _T1,
+            dt,
+            jnp.asarray(_Y0),
+            jnp.asarray(_ARGS),
+            max_steps=4096,
+        )
+        return sol.ys[-1]
+
+    measured, _ = convergence_order(
+        lambda n: final(_T1 / n), _exact(_T1), np.asarray(counts)
+    )
+    assert abs(measured - order) <= ORDER_SLACK, (measured, order)
+    assert solver.order(diffrax.ODETerm(_field)) == order
+
+
+def _march(solver, problem, n, dtype):
+    """n forward steps, then n inverse steps; returns (y0, rebuilt y0, y_n)."""
+    prob = odelab.problems.get(problem)
+    term = diffrax.ODETerm(prob.vector_field)
+    y0 = jnp.asarray(prob.y0, dtype)
+    args = jax.tree.map(lambda a: jnp.asarray(a, dtype), prob.args)
+    ts = jnp.linspace(prob.t0, prob.t0 + 0.5 * (prob.t1 - prob.t0), n + 1, dtype=dtype)
+
+    def forward(carry, k):
+        y, state = carry
+        y1, _, _, state1, _ = solver.step(term, ts[k], ts[k + 1], y, args, state, False)
+        return (y1, state1), None
+
+    state0 = solver.init(term, ts[0], ts[1], y0, args)
+    (y_n, state_n), _ = jax.lax.scan(forward, (y0, state0), jnp.arange(n))
+
+    def backward(carry, k):
+        y, state = carry
+        t_prev = ts[jnp.maximum(k - 1, 0)]
+        y0_, state0_ = solver.backward_step(
+            term, t_prev, ts[k], ts[k + 1], y, args, state, k == 0
+        )
+        return (y0_, state0_), None
+
+    (y_back, _), _ = jax.lax.scan(backward, (y_n, state_n), jnp.arange(n)[::-1])
+    return y0, y_back, y_n
+
+
+# ReversibleRK's inverse divides by the coupling λ every step, so round-off grows
+# like λ^-n (e^1 for λ = 0.999 over 1000 steps, e^10 for λ = 0.99), times the growth
+# of the problem's own perturbations. Measured (float64, 1000 steps): RK4 base,
+# λ = 0.999: harmonic oscillator within 1e-12, Lotka–Volterra 9.8e-12; Tsit5 base,
+# λ = 0.99: 5.6e-11 and 1.7e-8. The 1e-12 target of issue #4 is missed where marked.
+_MISSES_1E12 = pytest.mark.xfail(
+    strict=True, reason="round-off grows like coupling^-n in ReversibleRK's inverse"
+)
+_BOTH = ("lotka_volterra", "harmonic_oscillator")
+INVERSE_CASES = [
+    *[pytest.param(ReversibleHeun(), 1000, p, id=f"rheun-{p}") for p in _BOTH],
+    *[pytest.param(BDIA(), 1000, p, id=f"bdia-{p}") for p in _BOTH],
+    *[
+        pytest.param(BDIA(base=diffrax.Heun()), 1000, p, id=f"bdia_heun-{p}")
+        for p in _BOTH
+    ],
+    *[pytest.param(MALI(), 1000, p, id=f"mali-{p}") for p in _BOTH],
+    pytest.param(ReversibleRK(RK4()), 1000, "harmonic_oscillator", id="rrk4-ho"),
+    pytest.param(
+        ReversibleRK(RK4()), 1000, "lotka_volterra", id="rrk4-lv", marks=_MISSES_1E12
+    ),
+    *[
+        pytest.param(
+            ReversibleRK(diffrax.Tsit5(), coupling=0.99),
+            1000,
+            p,
+            id=f"rtsit5_099-{p}",
+            marks=_MISSES_1E12,
+        )
+        for p in _BOTH
+    ],
+]
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("solver, n, problem", INVERSE_CASES)
+def test_inverse_steps_rebuild_the_start(solver, n, problem):
+    y0, y_back, y_n = _march(solver, problem, n, jnp.float64)
+    assert float(jnp.max(jnp.abs(y_n - y0))) > 1e-3  # it really moved
+    rel = float(jnp.max(jnp.abs(y_back - y0)) / jnp.max(jnp.abs(y0)))
+    assert rel <= 1e-12, rel
+
+
+def test_float32_drift_is_round_off():
+    # Reported in the issue note: float32 inversion over 1000 steps drifts by
+    # round-off times a modest growth factor, not by truncation error.
+    for solver in (ReversibleHeun(), BDIA(), ReversibleRK(RK4()), MALI()):
+        y0, y_back, _ = _march(solver, "lotka_volterra", 1000, jnp.float32)
+        rel = float(jnp.max(jnp.abs(y_back - y0)) / jnp.max(jnp.abs(y0)))
+        assert rel <= 1e-3, (solver, rel)
+
+
+def test_bad_parameters_are_named():
+    with pytest.raises(ValueError, match="0 < gamma <= 1"):
+        BDIA(gamma=0.0)
+    with pytest.raises(ValueError, match="eta != 0.5"):
+        MALI(eta=0.5)
+    with pytest.raises(ValueError, match="0 < coupling <= 1"):
+        ReversibleRK(RK4(), coupling=1.5)
+    with pytest.raises(ValueError, match="explicit"):
+        BDIA(base=diffrax.ImplicitEuler())
+
+
+def test_names_and_declaration():
+    for name in ["reversible_heun", "bdia", "reversible_rk4", "mali"]:
+        assert odelab.solvers.is_reversible(odelab._names.ODE_SOLVERS[name]())
+    assert not odelab.solvers.is_reversible(diffrax.Tsit5())
