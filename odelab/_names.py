@@ -5,7 +5,7 @@ from collections.abc import Callable
 import diffrax
 
 from .adjoints import ReversibleAdjoint
-from .solvers import BDIA, MALI, RK4, ReversibleHeun, ReversibleRK
+from .solvers import BDIA, EDICT, MALI, RK4, ReversibleHeun, ReversibleRK
 
 
 ODE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
@@ -27,6 +27,7 @@ ODE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "reversible_rk4": lambda: ReversibleRK(RK4()),
     "reversible_tsit5": lambda: ReversibleRK(diffrax.Tsit5()),
     "mali": MALI,
+    "edict": EDICT,
     "leapfrog_midpoint": diffrax.LeapfrogMidpoint,
 }
 """Solver names accepted by `odelab.solve`, each mapped to a zero-argument factory."""
@@ -58,7 +59,7 @@ ADJOINTS: dict[str, Callable[[], diffrax.AbstractAdjoint]] = {
 fixed-step path when the grid is fixed), `"direct"`, `"backsolve"` (continuous adjoint,
 O(1) memory), `"forward"` (forward-mode) and `"reversible"` (exact discrete gradients,
 memory flat in the number of steps, for the reversible solvers: reversible_heun, bdia,
-reversible_rk4, reversible_tsit5, mali)."""
+reversible_rk4, reversible_tsit5, mali, edict)."""
 
 
 def resolve(value, registry: dict, what: str, argname: str):

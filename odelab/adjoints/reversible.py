@@ -34,7 +34,7 @@ from jax import lax
 from ..solvers.reversible import AbstractReversibleSolver
 
 
-_REVERSIBLE = "odelab.solvers.ReversibleHeun, BDIA, ReversibleRK, MALI"
+_REVERSIBLE = "odelab.solvers.ReversibleHeun, BDIA, ReversibleRK, MALI, EDICT"
 
 
 def _zeros_like(tree):
@@ -172,7 +172,7 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
             raise ValueError(
                 f"`ReversibleAdjoint` needs an algebraically reversible solver "
                 f"({_REVERSIBLE}; names: reversible_heun, bdia, reversible_rk4, "
-                f"mali); got {type(solver).__name__}. Use adjoint='checkpoint' for "
+                f"mali, edict); got {type(solver).__name__}. Use adjoint='checkpoint' for "
                 "other solvers."
             )
         if max_steps is None:

@@ -8,6 +8,7 @@ from .nfe import (
 )
 from .reversible import (
     BDIA as BDIA,
+    EDICT as EDICT,
     MALI as MALI,
     AbstractReversibleSolver as AbstractReversibleSolver,
     ReversibleHeun as ReversibleHeun,

@@ -10,7 +10,7 @@ import pytest
 import odelab
 from odelab.adjoints import ReversibleAdjoint
 from odelab.bench import adjoints as bench_adjoints
-from odelab.solvers import BDIA, MALI, RK4, ReversibleHeun, ReversibleRK
+from odelab.solvers import BDIA, EDICT, MALI, RK4, ReversibleHeun, ReversibleRK
 
 
 def _mlp():
@@ -53,6 +53,7 @@ SOLVERS = [
     ReversibleRK(RK4()),
     MALI(),
     MALI(eta=0.9),
+    EDICT(),
 ]
 SAVEATS = {
     "ts": lambda: diffrax.SaveAt(ts=jnp.linspace(0.0, 1.0, 7)),
