@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import diffrax
 
-from .adjoints import ReversibleAdjoint
+from .adjoints import InterpolatingAdjoint, QuadratureAdjoint, ReversibleAdjoint
 from .solvers import BDIA, EDICT, MALI, RK4, ReversibleHeun, ReversibleRK
 
 
@@ -54,12 +54,15 @@ ADJOINTS: dict[str, Callable[[], diffrax.AbstractAdjoint]] = {
     "backsolve": diffrax.BacksolveAdjoint,
     "forward": diffrax.ForwardMode,
     "reversible": ReversibleAdjoint,
+    "interpolating": InterpolatingAdjoint,
+    "quadrature": QuadratureAdjoint,
 }
 """Adjoint names: `"checkpoint"` (discrete, recursive checkpointing; odelab's lean
 fixed-step path when the grid is fixed), `"direct"`, `"backsolve"` (continuous adjoint,
 O(1) memory), `"forward"` (forward-mode) and `"reversible"` (exact discrete gradients,
 memory flat in the number of steps, for the reversible solvers: reversible_heun, bdia,
-reversible_rk4, reversible_tsit5, mali, edict)."""
+reversible_rk4, reversible_tsit5, mali, edict), `"interpolating"` and `"quadrature"`
+(continuous adjoints reading y(t) from a checkpointed dense forward solution)."""
 
 
 def resolve(value, registry: dict, what: str, argname: str):

@@ -47,8 +47,9 @@ def solve(
     - `stepsize_controller`: any diffrax controller; default: PID on `rtol`/`atol`
       without `dt0`/`steps`, a fixed step with them.
     - `adjoint`: `"checkpoint"` (default), `"direct"`, `"backsolve"`, `"forward"`,
-      `"reversible"` (with a reversible solver: exact gradients, flat memory), or
-      any `diffrax.AbstractAdjoint`.
+      `"reversible"` (with a reversible solver: exact gradients, flat memory),
+      `"interpolating"`, `"quadrature"` (continuous adjoints that read y(t) from the
+      forward solution), or any `diffrax.AbstractAdjoint`.
     - `max_steps`: the most steps an adaptive solve may take.
     - `throw`: raise on failure (inside `jit` too); otherwise read `sol.result`.
 

@@ -1,3 +1,7 @@
 """Adjoints: how gradients flow through a solve (diffrax `AbstractAdjoint`s)."""
 
+from .continuous import (
+    InterpolatingAdjoint as InterpolatingAdjoint,
+    QuadratureAdjoint as QuadratureAdjoint,
+)
 from .reversible import ReversibleAdjoint as ReversibleAdjoint

@@ -32,37 +32,16 @@ from diffrax._adjoint import _only_transpose_ys
 from jax import lax
 
 from ..solvers.reversible import AbstractReversibleSolver
+from ._common import (
+    add as _add,
+    check_loop_inputs,
+    materialise as _materialise,
+    save_cotangents as _save_cotangents,
+    zeros_like as _zeros_like,
+)
 
 
 _REVERSIBLE = "odelab.solvers.ReversibleHeun, BDIA, ReversibleRK, MALI, EDICT"
-
-
-def _zeros_like(tree):
-    return jtu.tree_map(
-        lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x) else None, tree
-    )
-
-
-def _add(a, b):
-    return jtu.tree_map(
-        lambda x, y: x if y is None else (y if x is None else x + y),
-        a,
-        b,
-        is_leaf=lambda x: x is None,
-    )
-
-
-def _materialise(cotangent, like):
-    # filter_vjp returns None for leaves it did not differentiate; the loop carry
-    # needs arrays in the same places every iteration.
-    return jtu.tree_map(
-        lambda c, x: (
-            (jnp.zeros_like(x) if c is None else c) if eqx.is_inexact_array(x) else None
-        ),
-        cotangent,
-        like,
-        is_leaf=lambda c: c is None,
-    )
 
 
 class _StepRecorder(diffrax.AbstractStepSizeController):
@@ -175,33 +154,14 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
                 f"mali, edict); got {type(solver).__name__}. Use adjoint='checkpoint' for "
                 "other solvers."
             )
-        if max_steps is None:
-            raise ValueError(
-                "`ReversibleAdjoint` keeps the accepted step boundaries in a buffer of "
-                "`max_steps + 1` times: pass a finite `max_steps`."
-            )
-        if event is not None:
-            raise ValueError("`ReversibleAdjoint` does not support events.")
-        if passed_solver_state or passed_controller_state:
-            raise ValueError(
-                "`ReversibleAdjoint` does not support passing `solver_state` or "
-                "`controller_state` to `diffeqsolve`."
-            )
-        subs = jtu.tree_leaves(
-            saveat.subs, is_leaf=lambda x: isinstance(x, diffrax.SubSaveAt)
+        sub = check_loop_inputs(
+            "ReversibleAdjoint",
+            terms,
+            saveat,
+            max_steps,
+            event,
+            passed_solver_state or passed_controller_state,
         )
-        if len(subs) != 1 or subs[0].steps or saveat.dense:
-            raise ValueError(
-                "`ReversibleAdjoint` supports `SaveAt(t0=..., t1=..., ts=...)` (one "
-                "SubSaveAt, no `steps` or `dense`)."
-            )
-        sub = subs[0]
-        if sub.fn is not diffrax._saveat.save_y:
-            raise ValueError("`ReversibleAdjoint` does not support `SaveAt(fn=...)`.")
-        if not isinstance(terms, diffrax.AbstractTerm) or isinstance(
-            terms, diffrax.MultiTerm
-        ):
-            raise ValueError("`ReversibleAdjoint` supports a single (ODE) term.")
         if isinstance(stepsize_controller, diffrax.AbstractAdaptiveStepSizeController):
             recorder = _AdaptiveStepRecorder(stepsize_controller)
         else:
@@ -286,17 +246,6 @@ def _reversible_loop_fwd(perturbed, y__args__terms, **kw):
         final_state.save_state.ys,
     )
     return (final_state, aux_stats), residuals
-
-
-def _save_cotangents(grad_final_state):
-    if grad_final_state is None:
-        return None
-    leaves = jtu.tree_leaves(
-        grad_final_state.save_state,
-        is_leaf=lambda x: isinstance(x, diffrax._integrate.SaveState),
-    )
-    (save,) = [x for x in leaves if isinstance(x, diffrax._integrate.SaveState)]
-    return save.ys
 
 
 @_reversible_loop.def_bwd

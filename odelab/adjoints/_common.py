@@ -1,0 +1,76 @@
+"""Shared pieces of odelab's adjoints: cotangent bookkeeping and input checks."""
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+
+def zeros_like(tree):
+    return jtu.tree_map(
+        lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x) else None, tree
+    )
+
+
+def add(a, b):
+    return jtu.tree_map(
+        lambda x, y: x if y is None else (y if x is None else x + y),
+        a,
+        b,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def materialise(cotangent, like):
+    # filter_vjp returns None for leaves it did not differentiate; the loop carry
+    # needs arrays in the same places every iteration.
+    return jtu.tree_map(
+        lambda c, x: (
+            (jnp.zeros_like(x) if c is None else c) if eqx.is_inexact_array(x) else None
+        ),
+        cotangent,
+        like,
+        is_leaf=lambda c: c is None,
+    )
+
+
+def save_cotangents(grad_final_state):
+    if grad_final_state is None:
+        return None
+    leaves = jtu.tree_leaves(
+        grad_final_state.save_state,
+        is_leaf=lambda x: isinstance(x, diffrax._integrate.SaveState),
+    )
+    (save,) = [x for x in leaves if isinstance(x, diffrax._integrate.SaveState)]
+    return save.ys
+
+
+def check_loop_inputs(name, terms, saveat, max_steps, event, passed_state):
+    """Validate what an odelab adjoint supports; return the single `SubSaveAt`."""
+    if max_steps is None:
+        raise ValueError(
+            f"`{name}` needs a finite `max_steps` (it sizes the buffers of the "
+            "backward pass)."
+        )
+    if event is not None:
+        raise ValueError(f"`{name}` does not support events.")
+    if passed_state:
+        raise ValueError(
+            f"`{name}` does not support passing `solver_state` or `controller_state` "
+            "to `diffeqsolve`."
+        )
+    subs = jtu.tree_leaves(
+        saveat.subs, is_leaf=lambda x: isinstance(x, diffrax.SubSaveAt)
+    )
+    if len(subs) != 1 or subs[0].steps or saveat.dense:
+        raise ValueError(
+            f"`{name}` supports `SaveAt(t0=..., t1=..., ts=...)` (one SubSaveAt, no "
+            "`steps` or `dense`)."
+        )
+    if subs[0].fn is not diffrax._saveat.save_y:
+        raise ValueError(f"`{name}` does not support `SaveAt(fn=...)`.")
+    if not isinstance(terms, diffrax.AbstractTerm) or isinstance(
+        terms, diffrax.MultiTerm
+    ):
+        raise ValueError(f"`{name}` supports a single (ODE) term.")
+    return subs[0]
