@@ -13,6 +13,7 @@ from .reversible import (
     AbstractReversibleSolver as AbstractReversibleSolver,
     ReversibleHeun as ReversibleHeun,
     ReversibleRK as ReversibleRK,
+    amplification_matrix as amplification_matrix,
     is_reversible as is_reversible,
 )
 from .rk4 import RK4 as RK4

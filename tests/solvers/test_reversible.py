@@ -8,7 +8,15 @@ import pytest
 
 import odelab
 import odelab.problems
-from odelab.solvers import BDIA, EDICT, MALI, RK4, ReversibleHeun, ReversibleRK
+from odelab.solvers import (
+    BDIA,
+    EDICT,
+    MALI,
+    RK4,
+    ReversibleHeun,
+    ReversibleRK,
+    amplification_matrix,
+)
 from tests.helpers import ORDER_SLACK, convergence_order
 
 
@@ -176,3 +184,59 @@ def test_names_and_declaration():
     for name in ["reversible_heun", "bdia", "reversible_rk4", "mali", "edict"]:
         assert odelab.solvers.is_reversible(odelab._names.ODE_SOLVERS[name]())
     assert not odelab.solvers.is_reversible(diffrax.Tsit5())
+
+
+def _rho(solver, z):
+    return float(
+        np.max(np.abs(np.linalg.eigvals(np.asarray(amplification_matrix(solver, z)))))
+    )
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("solver", [ReversibleHeun(), BDIA(), MALI()], ids=repr)
+def test_undamped_methods_are_stable_only_on_the_imaginary_axis(solver):
+    for y in (0.25, 0.5, 0.9):
+        assert _rho(solver, 1j * y) <= 1 + 1e-12
+    # Any decay excites a growing parasitic mode: a stability region of zero area.
+    for x in (1e-3, 0.1, 1.0):
+        assert _rho(solver, -x) > 1 + x / 4
+    # Leapfrog's parasitic root at z = -1 is -(1 + sqrt(2)).
+    np.testing.assert_allclose(_rho(solver, -1.0), 1 + np.sqrt(2), rtol=1e-12)
+
+
+@pytest.mark.x64
+def test_damping_and_coupling_open_a_left_half_plane_region():
+    for solver in (BDIA(gamma=0.5), MALI(eta=0.9), ReversibleRK(RK4(), coupling=0.5)):
+        assert _rho(solver, -0.1) < 1
+    # The default coupling 0.999 keeps inverse round-off small but is barely damped.
+    assert _rho(ReversibleRK(RK4()), -0.1) > 1
+    assert _rho(ReversibleRK(RK4()), 1.5j) <= 1 + 1e-12
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("coupling", [0.5, 0.8, 0.999])
+@pytest.mark.parametrize("z", [-0.1, -1.0, 0.3 + 0.7j])
+def test_reversible_rk_matches_the_closed_form(coupling, z):
+    # From the update rules with Psi_h(x) = R~(z) x, R~ = R - 1 (R: the base's
+    # stability function), on (y, z):
+    # [[l, 1 - l + R~(z)], [-l R~(-z), 1 - (1 - l) R~(-z) - R~(-z) R~(z)]].
+    def r_tilde(x):
+        return x + x**2 / 2 + x**3 / 6 + x**4 / 24  # RK4
+
+    lam = coupling
+    m = np.array(
+        [
+            [lam, 1 - lam + r_tilde(z)],
+            [
+                -lam * r_tilde(-z),
+                1 - (1 - lam) * r_tilde(-z) - r_tilde(-z) * r_tilde(z),
+            ],
+        ]
+    )
+    expected = np.sort_complex(np.linalg.eigvals(m))
+    measured = np.linalg.eigvals(
+        np.asarray(amplification_matrix(ReversibleRK(RK4(), coupling), z))
+    )
+    np.testing.assert_allclose(
+        np.sort_complex(measured), expected, rtol=1e-10, atol=1e-12
+    )
