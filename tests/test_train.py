@@ -253,3 +253,29 @@ def test_cli_step_has_no_host_callbacks():
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert "CALLBACKS 0" in out.stdout
+
+
+def test_reversible_config_trains_like_checkpointing(tmp_path):
+    # configs/neural_ode_spiral_reversible.yaml: reversible Heun with odelab's
+    # ReversibleAdjoint. Its gradients are those of checkpointed backpropagation up
+    # to round-off, so a few training steps follow the same loss trajectory.
+    path = os.path.join(os.path.dirname(__file__), "..", "configs")
+    path = os.path.join(path, "neural_ode_spiral_reversible.yaml")
+    small = [
+        "training.steps=5",
+        "training.log_every=1",
+        "training.eval_every=5",
+        "data.n_trajectories=32",
+        "training.batch_size=8",
+        "output.plots=false",
+        "model.width=16",
+    ]
+    losses = {}
+    for adjoint in ("reversible", "checkpoint"):
+        config = load_config(path, [*small, f"solver.adjoint={adjoint}"])
+        assert config.solver.name == "reversible_heun"
+        train(config, progress=False, out_root=str(tmp_path / adjoint))
+        records = _records(str(tmp_path / adjoint / config.name))
+        losses[adjoint] = [r["loss"] for r in records if "loss" in r]
+    assert len(losses["reversible"]) == 5
+    np.testing.assert_allclose(losses["reversible"], losses["checkpoint"], rtol=1e-4)
