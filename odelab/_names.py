@@ -5,7 +5,19 @@ from collections.abc import Callable
 import diffrax
 
 from .adjoints import InterpolatingAdjoint, QuadratureAdjoint, ReversibleAdjoint
-from .solvers import BDIA, EDICT, MALI, RK4, ReversibleHeun, ReversibleRK
+from .solvers import (
+    BDIA,
+    EDICT,
+    ETDRK2,
+    ETDRK4,
+    ETDRK4B,
+    MALI,
+    RK4,
+    ExponentialEuler,
+    LawsonRK4,
+    ReversibleHeun,
+    ReversibleRK,
+)
 
 
 ODE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
@@ -28,6 +40,12 @@ ODE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "reversible_tsit5": lambda: ReversibleRK(diffrax.Tsit5()),
     "mali": MALI,
     "edict": EDICT,
+    "exponential_euler": ExponentialEuler,
+    "etd1": ExponentialEuler,
+    "etdrk2": ETDRK2,
+    "etdrk4": ETDRK4,
+    "etdrk4b": ETDRK4B,
+    "lawson_rk4": LawsonRK4,
     "leapfrog_midpoint": diffrax.LeapfrogMidpoint,
 }
 """Solver names accepted by `odelab.solve`, each mapped to a zero-argument factory."""

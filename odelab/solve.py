@@ -7,6 +7,8 @@ import lineax as lx
 
 from . import _checks, _engine, _plan
 from ._names import ADJOINTS, ODE_SOLVERS, SDE_SOLVERS, resolve
+from .solvers.exponential import AbstractExponentialRK
+from .terms import SemilinearTerm
 
 
 def solve(
@@ -98,8 +100,22 @@ def solve(
     ts = _checks.times_like_state(ts, y0)
     args = _checks.as_args(args)
     _checks.finite_check(y0, args)
-    _checks.check_vector_field(vector_field, "vector_field", ts[0], y0, args)
-    terms = diffrax.ODETerm(vector_field)
+    if isinstance(vector_field, SemilinearTerm):
+        # dy/dt = L y + N: exponential solvers use the split, others its vf.
+        vector_field.check_state(y0)
+        _checks.check_vector_field(vector_field.vf, "vector_field", ts[0], y0, args)
+        terms = vector_field
+    else:
+        _checks.check_vector_field(vector_field, "vector_field", ts[0], y0, args)
+        terms = diffrax.ODETerm(vector_field)
+    if isinstance(solver, AbstractExponentialRK) and not isinstance(
+        terms, SemilinearTerm
+    ):
+        raise TypeError(
+            f"`{type(solver).__name__}` needs the vector field as "
+            "`odelab.terms.SemilinearTerm(linear, nonlinear)` (dy/dt = L y + N(t, y, "
+            "args)); got a plain function."
+        )
     return _run(
         terms,
         solver,

@@ -1,6 +1,14 @@
 """Integrators: odelab's own, usable in `diffrax.diffeqsolve` and `odelab.solve`."""
 
 from .base import AbstractExplicitRK as AbstractExplicitRK
+from .exponential import (
+    ETDRK2 as ETDRK2,
+    ETDRK4 as ETDRK4,
+    ETDRK4B as ETDRK4B,
+    AbstractExponentialRK as AbstractExponentialRK,
+    ExponentialEuler as ExponentialEuler,
+    LawsonRK4 as LawsonRK4,
+)
 from .nfe import (
     count_nfe as count_nfe,
     nfe_costs as nfe_costs,
