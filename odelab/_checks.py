@@ -117,7 +117,7 @@ def nonfinite(y0, args):
     `args` is a network with many parameter arrays.
     """
     leaves = [
-        jnp.ravel(leaf * 0).astype(jnp.result_type(leaf.real))
+        _real_nan_marker(leaf)
         for leaf in jtu.tree_leaves((y0, args))
         if _is_float_array(leaf) and not is_concrete(leaf)
     ]
@@ -128,6 +128,14 @@ def nonfinite(y0, args):
     dtype = jnp.result_type(*leaves)
     flat = jnp.concatenate([leaf.astype(dtype) for leaf in leaves])
     return ~jnp.isfinite(jnp.sum(flat))
+
+
+def _real_nan_marker(leaf):
+    # Real and NaN exactly where the leaf (either part, if complex) is not finite.
+    zero = jnp.ravel(leaf * 0)
+    if jnp.iscomplexobj(zero):
+        return zero.real + zero.imag
+    return zero
 
 
 def raise_if(x, checks):

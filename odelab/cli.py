@@ -8,6 +8,7 @@ import sys
 
 BENCHMARKS = {
     "adjoints": "odelab.bench.adjoints",
+    "exponential": "odelab.bench.exponential",
     "overhead": "odelab.bench.overhead",
     "train-step": "odelab.bench.train_step",
     "work-precision": "odelab.bench.work_precision",

@@ -124,7 +124,7 @@ class SemilinearTerm(diffrax.AbstractTerm):
     def phis(self, h, kmax: int) -> tuple:
         r"""$(\varphi_0(hL), \ldots, \varphi_{k_{max}}(hL))$ as operators for
         `apply_phi` (arrays for scalar/diagonal $L$, matrices for dense $L$)."""
-        hl = h * self.linear
+        hl = jnp.asarray(h, self.linear.dtype) * self.linear
         if self.kind == "dense":
             return phis_matrix(hl, kmax)
         return phis(hl, kmax)

@@ -23,7 +23,9 @@ import abc
 from typing import ClassVar
 
 import diffrax
+import jax.numpy as jnp
 import jax.tree_util as jtu
+from jax import lax
 
 from ..terms import SemilinearTerm
 
@@ -32,7 +34,11 @@ def _lin(*pairs):
     """Σ cᵢ·xᵢ over pytrees with scalar coefficients (None terms skipped)."""
     pairs = [(c, x) for c, x in pairs if x is not None]
     coeffs, trees = zip(*pairs)
-    return jtu.tree_map(lambda *xs: sum(c * x for c, x in zip(coeffs, xs)), *trees)
+    # Coefficients take each leaf's dtype (a real step times a complex state).
+    return jtu.tree_map(
+        lambda *xs: sum(jnp.asarray(c, x.dtype) * x for c, x in zip(coeffs, xs)),
+        *trees,
+    )
 
 
 class AbstractExponentialRK(diffrax.AbstractSolver):
@@ -63,20 +69,38 @@ class AbstractExponentialRK(diffrax.AbstractSolver):
 
     def init(self, terms, t0, t1, y0, args):
         self._check(terms, y0)
-        return None
+        term, direction = self._unwrap(terms)
+        h = jnp.asarray(direction * (t1 - t0))
+        return h, self._coefficients(term, h)
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del solver_state, made_jump
+        del made_jump
         term, direction = self._unwrap(terms)
-        y1 = self._update(term, direction * t0, direction * (t1 - t0), y0, args)
+        h = jnp.asarray(direction * (t1 - t0))
+        # The φ-functions of hL are the costly part of a step. They are cached in the
+        # solver state and reused while the step size repeats: a fixed grid's steps
+        # differ only by the round-off of the grid's times, so a step within a few
+        # ulps of |t| of the cached one reuses it (the integration then takes the
+        # cached step, a change of the order of the times' own rounding).
+        h_cached, cached = solver_state
+        scale = jnp.maximum(jnp.abs(t0), jnp.abs(t1))
+        eps = jnp.finfo(jnp.result_type(h)).eps
+        same = jnp.abs(h - h_cached) <= 8 * eps * jnp.maximum(scale, jnp.abs(h))
+        coeffs = lax.cond(same, lambda: cached, lambda: self._coefficients(term, h))
+        h = jnp.where(same, h_cached, h)
+        y1 = self._update(term, coeffs, direction * t0, h, y0, args)
         dense_info = dict(y0=y0, y1=y1)
-        return y1, None, dense_info, None, diffrax.RESULTS.successful
+        return y1, None, dense_info, (h, coeffs), diffrax.RESULTS.successful
 
     @abc.abstractmethod
-    def _update(self, terms, t, h, u, args):
+    def _coefficients(self, term, h):
+        """The step's operators (φ-function combinations of hL), a pytree."""
+
+    @abc.abstractmethod
+    def _update(self, term, coeffs, t, h, u, args):
         """The state after one step of size `h` from `u` at time `t`."""
 
 
@@ -90,10 +114,15 @@ class ExponentialEuler(AbstractExponentialRK):
     def nfe_costs(self):
         return (0, 1, 1)
 
-    def _update(self, terms, t, h, u, args):
-        e, p1 = terms.phis(h, 1)
-        n_u = terms.nonlinear(t, u, args)
-        return _lin((1.0, terms.apply_phi(e, u)), (h, terms.apply_phi(p1, n_u)))
+    def _coefficients(self, term, h):
+        e, p1 = term.phis(h, 1)
+        h = jnp.asarray(h, e.dtype)
+        return e, h * p1
+
+    def _update(self, term, coeffs, t, h, u, args):
+        e, hp1 = coeffs
+        n_u = term.nonlinear(t, u, args)
+        return _lin((1.0, term.apply_phi(e, u)), (1.0, term.apply_phi(hp1, n_u)))
 
 
 class ETDRK2(AbstractExponentialRK):
@@ -106,13 +135,18 @@ class ETDRK2(AbstractExponentialRK):
     def nfe_costs(self):
         return (0, 2, 2)
 
-    def _update(self, terms, t, h, u, args):
-        e, p1, p2 = terms.phis(h, 2)
-        n_u = terms.nonlinear(t, u, args)
-        a = _lin((1.0, terms.apply_phi(e, u)), (h, terms.apply_phi(p1, n_u)))
-        n_a = terms.nonlinear(t + h, a, args)
-        diff = _lin((1.0, n_a), (-1.0, n_u))
-        return _lin((1.0, a), (h, terms.apply_phi(p2, diff)))
+    def _coefficients(self, term, h):
+        e, p1, p2 = term.phis(h, 2)
+        h = jnp.asarray(h, e.dtype)
+        return e, h * p1, h * p2
+
+    def _update(self, term, coeffs, t, h, u, args):
+        e, hp1, hp2 = coeffs
+        ap = term.apply_phi
+        n_u = term.nonlinear(t, u, args)
+        a = _lin((1.0, ap(e, u)), (1.0, ap(hp1, n_u)))
+        n_a = term.nonlinear(t + h, a, args)
+        return _lin((1.0, a), (1.0, ap(hp2, _lin((1.0, n_a), (-1.0, n_u)))))
 
 
 class ETDRK4(AbstractExponentialRK):
@@ -136,23 +170,38 @@ class ETDRK4(AbstractExponentialRK):
     def nfe_costs(self):
         return (0, 4, 4)
 
-    def _update(self, terms, t, h, u, args):
-        e, p1, p2, p3 = terms.phis(h, 3)
-        e_h, p1_h = terms.phis(0.5 * h, 1)
-        ap = terms.apply_phi
-        n_u = terms.nonlinear(t, u, args)
-        eu_h = ap(e_h, u)
-        a = _lin((1.0, eu_h), (0.5 * h, ap(p1_h, n_u)))
-        n_a = terms.nonlinear(t + 0.5 * h, a, args)
-        b = _lin((1.0, eu_h), (0.5 * h, ap(p1_h, n_a)))
-        n_b = terms.nonlinear(t + 0.5 * h, b, args)
-        c = _lin((1.0, ap(e_h, a)), (0.5 * h, ap(p1_h, _lin((2.0, n_b), (-1.0, n_u)))))
-        n_c = terms.nonlinear(t + h, c, args)
-        f1 = _lin((1.0, ap(p1, n_u)), (-3.0, ap(p2, n_u)), (4.0, ap(p3, n_u)))
-        ab = _lin((1.0, n_a), (1.0, n_b))
-        f2 = _lin((2.0, ap(p2, ab)), (-4.0, ap(p3, ab)))
-        f3 = _lin((4.0, ap(p3, n_c)), (-1.0, ap(p2, n_c)))
-        return _lin((1.0, ap(e, u)), (h, f1), (h, f2), (h, f3))
+    def _coefficients(self, term, h):
+        e, p1, p2, p3 = term.phis(h, 3)
+        e_h, p1_h = term.phis(0.5 * h, 1)
+        h = jnp.asarray(h, e.dtype)
+        # Kassam & Trefethen's f1, f2, f3 (times h), and the half-step operators.
+        return dict(
+            e=e,
+            e_h=e_h,
+            q=0.5 * h * p1_h,
+            f1=h * (p1 - 3 * p2 + 4 * p3),
+            f2=2 * h * (p2 - 2 * p3),
+            f3=h * (4 * p3 - p2),
+        )
+
+    def _update(self, term, c, t, h, u, args):
+        ap = term.apply_phi
+        n_u = term.nonlinear(t, u, args)
+        eu_h = ap(c["e_h"], u)
+        a = _lin((1.0, eu_h), (1.0, ap(c["q"], n_u)))
+        n_a = term.nonlinear(t + 0.5 * h, a, args)
+        b = _lin((1.0, eu_h), (1.0, ap(c["q"], n_a)))
+        n_b = term.nonlinear(t + 0.5 * h, b, args)
+        cc = _lin(
+            (1.0, ap(c["e_h"], a)), (1.0, ap(c["q"], _lin((2.0, n_b), (-1.0, n_u))))
+        )
+        n_c = term.nonlinear(t + h, cc, args)
+        return _lin(
+            (1.0, ap(c["e"], u)),
+            (1.0, ap(c["f1"], n_u)),
+            (1.0, ap(c["f2"], _lin((1.0, n_a), (1.0, n_b)))),
+            (1.0, ap(c["f3"], n_c)),
+        )
 
 
 class ETDRK4B(AbstractExponentialRK):
@@ -177,36 +226,39 @@ class ETDRK4B(AbstractExponentialRK):
     def nfe_costs(self):
         return (0, 4, 4)
 
-    def _update(self, terms, t, h, u, args):
-        e, p1, p2, p3 = terms.phis(h, 3)
-        e_h, p1_h, p2_h = terms.phis(0.5 * h, 2)
-        ap = terms.apply_phi
-        n1 = terms.nonlinear(t, u, args)
-        eu_h = ap(e_h, u)
-        u2 = _lin((1.0, eu_h), (0.5 * h, ap(p1_h, n1)))
-        n2 = terms.nonlinear(t + 0.5 * h, u2, args)
-        u3 = _lin(
-            (1.0, eu_h),
-            (0.5 * h, ap(p1_h, n1)),
-            (-h, ap(p2_h, n1)),
-            (h, ap(p2_h, n2)),
+    def _coefficients(self, term, h):
+        e, p1, p2, p3 = term.phis(h, 3)
+        e_h, p1_h, p2_h = term.phis(0.5 * h, 2)
+        h = jnp.asarray(h, e.dtype)
+        return dict(
+            e=e,
+            e_h=e_h,
+            a21=0.5 * h * p1_h,
+            a31=h * (0.5 * p1_h - p2_h),
+            a32=h * p2_h,
+            a41=h * (p1 - 2 * p2),
+            a43=2 * h * p2,
+            b1=h * (p1 - 3 * p2 + 4 * p3),
+            b23=h * (2 * p2 - 4 * p3),
+            b4=h * (4 * p3 - p2),
         )
-        n3 = terms.nonlinear(t + 0.5 * h, u3, args)
-        eu = ap(e, u)
-        u4 = _lin(
-            (1.0, eu), (h, ap(p1, n1)), (-2.0 * h, ap(p2, n1)), (2.0 * h, ap(p2, n3))
-        )
-        n4 = terms.nonlinear(t + h, u4, args)
-        n23 = _lin((1.0, n2), (1.0, n3))
+
+    def _update(self, term, c, t, h, u, args):
+        ap = term.apply_phi
+        n1 = term.nonlinear(t, u, args)
+        eu_h = ap(c["e_h"], u)
+        u2 = _lin((1.0, eu_h), (1.0, ap(c["a21"], n1)))
+        n2 = term.nonlinear(t + 0.5 * h, u2, args)
+        u3 = _lin((1.0, eu_h), (1.0, ap(c["a31"], n1)), (1.0, ap(c["a32"], n2)))
+        n3 = term.nonlinear(t + 0.5 * h, u3, args)
+        eu = ap(c["e"], u)
+        u4 = _lin((1.0, eu), (1.0, ap(c["a41"], n1)), (1.0, ap(c["a43"], n3)))
+        n4 = term.nonlinear(t + h, u4, args)
         return _lin(
             (1.0, eu),
-            (h, ap(p1, n1)),
-            (-3.0 * h, ap(p2, n1)),
-            (4.0 * h, ap(p3, n1)),
-            (2.0 * h, ap(p2, n23)),
-            (-4.0 * h, ap(p3, n23)),
-            (4.0 * h, ap(p3, n4)),
-            (-h, ap(p2, n4)),
+            (1.0, ap(c["b1"], n1)),
+            (1.0, ap(c["b23"], _lin((1.0, n2), (1.0, n3)))),
+            (1.0, ap(c["b4"], n4)),
         )
 
 
@@ -229,23 +281,25 @@ class LawsonRK4(AbstractExponentialRK):
     def nfe_costs(self):
         return (0, 4, 4)
 
-    def _update(self, terms, t, h, u, args):
-        (e,) = terms.phis(h, 0)
-        (e_h,) = terms.phis(0.5 * h, 0)
-        ap = terms.apply_phi
-        n1 = terms.nonlinear(t, u, args)
+    def _coefficients(self, term, h):
+        (e,) = term.phis(h, 0)
+        (e_h,) = term.phis(0.5 * h, 0)
+        return e, e_h
+
+    def _update(self, term, coeffs, t, h, u, args):
+        e, e_h = coeffs
+        ap = term.apply_phi
+        n1 = term.nonlinear(t, u, args)
         u2 = ap(e_h, _lin((1.0, u), (0.5 * h, n1)))
-        n2 = terms.nonlinear(t + 0.5 * h, u2, args)
-        eu_h = ap(e_h, u)
-        u3 = _lin((1.0, eu_h), (0.5 * h, n2))
-        n3 = terms.nonlinear(t + 0.5 * h, u3, args)
+        n2 = term.nonlinear(t + 0.5 * h, u2, args)
+        u3 = _lin((1.0, ap(e_h, u)), (0.5 * h, n2))
+        n3 = term.nonlinear(t + 0.5 * h, u3, args)
         eu = ap(e, u)
         u4 = _lin((1.0, eu), (h, ap(e_h, n3)))
-        n4 = terms.nonlinear(t + h, u4, args)
-        n23 = _lin((1.0, n2), (1.0, n3))
+        n4 = term.nonlinear(t + h, u4, args)
         return _lin(
             (1.0, eu),
             (h / 6, ap(e, n1)),
-            (h / 3, ap(e_h, n23)),
+            (h / 3, ap(e_h, _lin((1.0, n2), (1.0, n3)))),
             (h / 6, n4),
         )
