@@ -13,6 +13,7 @@ from .solvers import (
     ETDRK4B,
     MALI,
     RK4,
+    ExponentialAdams,
     ExponentialEuler,
     LawsonRK4,
     ReversibleHeun,
@@ -46,6 +47,8 @@ ODE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "etdrk4": ETDRK4,
     "etdrk4b": ETDRK4B,
     "lawson_rk4": LawsonRK4,
+    "exponential_adams2": lambda: ExponentialAdams(2),
+    "exponential_adams3": lambda: ExponentialAdams(3),
     "leapfrog_midpoint": diffrax.LeapfrogMidpoint,
 }
 """Solver names accepted by `odelab.solve`, each mapped to a zero-argument factory."""

@@ -7,7 +7,7 @@ the final state against a float64 reference (ETDRK4 with 8192 steps; ETDRK4-B wi
 the same steps agrees to 1e-11), and the median run time of the compiled solve
 (compile time reported separately). Contenders, side by side in one process:
 
-- odelab `ETDRK4`, `ETDRK4B`, `LawsonRK4`, `ETDRK2` through `odelab.solve(term, ...,
+- odelab `ETDRK4`, `ETDRK4B`, `LawsonRK4`, `ETDRK2`, `ExponentialAdams(3)` through `odelab.solve(term, ...,
   steps=N)` — the lean fixed-step path a user gets by default;
 - diffrax `Tsit5` (adaptive, on L y + N), `Kvaerno5` and `KenCarp4` (implicit / IMEX,
   on the real and imaginary parts stacked: their Newton solves are real-valued);
@@ -40,6 +40,7 @@ FIXED = {
     "etdrk4b": (100, 200, 300, 400, 800),
     "lawson_rk4": (200, 400, 800, 1600),
     "etdrk2": (800, 1600, 3200),
+    "exponential_adams3": (400, 800, 1600, 3200),
 }
 ADAPTIVE = {
     "tsit5": (1e-5, 1e-6, 1e-7, 1e-8, 1e-9),

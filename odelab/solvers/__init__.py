@@ -6,6 +6,7 @@ from .exponential import (
     ETDRK4 as ETDRK4,
     ETDRK4B as ETDRK4B,
     AbstractExponentialRK as AbstractExponentialRK,
+    ExponentialAdams as ExponentialAdams,
     ExponentialEuler as ExponentialEuler,
     LawsonRK4 as LawsonRK4,
 )

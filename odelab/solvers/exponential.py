@@ -23,6 +23,7 @@ import abc
 from typing import ClassVar
 
 import diffrax
+import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jax import lax
@@ -41,35 +42,36 @@ def _lin(*pairs):
     )
 
 
+def _unwrap(terms):
+    # diffeqsolve hands solvers `WrapTerm(term, direction)` (times multiplied by the
+    # direction of integration); the exponential update needs the term itself and
+    # the signed step.
+    if isinstance(terms, diffrax._term.WrapTerm):
+        return terms.term, terms.direction
+    return terms, 1
+
+
+def _check(solver, terms, y0):
+    terms, _ = _unwrap(terms)
+    if not isinstance(terms, SemilinearTerm):
+        raise TypeError(
+            f"`{type(solver).__name__}` integrates dy/dt = L y + N(t, y, args) and "
+            f"needs `odelab.terms.SemilinearTerm(linear, nonlinear)`, got "
+            f"{type(terms).__name__}. With odelab.solve, pass the vector field as "
+            "`SemilinearTerm(L, N)`."
+        )
+    terms.check_state(y0)
+
+
 class AbstractExponentialRK(diffrax.AbstractSolver):
     """Base class: a one-step exponential integrator over a `SemilinearTerm`."""
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.LocalLinearInterpolation
 
-    @staticmethod
-    def _unwrap(terms):
-        # diffeqsolve hands solvers `WrapTerm(term, direction)` (times multiplied by
-        # the direction of integration); the exponential update needs the term itself
-        # and the signed step.
-        if isinstance(terms, diffrax._term.WrapTerm):
-            return terms.term, terms.direction
-        return terms, 1
-
-    def _check(self, terms, y0):
-        terms, _ = self._unwrap(terms)
-        if not isinstance(terms, SemilinearTerm):
-            raise TypeError(
-                f"`{type(self).__name__}` integrates dy/dt = L y + N(t, y, args) and "
-                f"needs `odelab.terms.SemilinearTerm(linear, nonlinear)`, got "
-                f"{type(terms).__name__}. With odelab.solve, pass the vector field as "
-                "`SemilinearTerm(L, N)`."
-            )
-        terms.check_state(y0)
-
     def init(self, terms, t0, t1, y0, args):
-        self._check(terms, y0)
-        term, direction = self._unwrap(terms)
+        _check(self, terms, y0)
+        term, direction = _unwrap(terms)
         h = jnp.asarray(direction * (t1 - t0))
         return h, self._coefficients(term, h)
 
@@ -78,7 +80,7 @@ class AbstractExponentialRK(diffrax.AbstractSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del made_jump
-        term, direction = self._unwrap(terms)
+        term, direction = _unwrap(terms)
         h = jnp.asarray(direction * (t1 - t0))
         # The φ-functions of hL are the costly part of a step. They are cached in the
         # solver state and reused while the step size repeats: a fixed grid's steps
@@ -91,9 +93,9 @@ class AbstractExponentialRK(diffrax.AbstractSolver):
         same = jnp.abs(h - h_cached) <= 8 * eps * jnp.maximum(scale, jnp.abs(h))
         coeffs = lax.cond(same, lambda: cached, lambda: self._coefficients(term, h))
         h = jnp.where(same, h_cached, h)
-        y1 = self._update(term, coeffs, direction * t0, h, y0, args)
+        y1, y_error = self._update(term, coeffs, direction * t0, h, y0, args)
         dense_info = dict(y0=y0, y1=y1)
-        return y1, None, dense_info, (h, coeffs), diffrax.RESULTS.successful
+        return y1, y_error, dense_info, (h, coeffs), diffrax.RESULTS.successful
 
     @abc.abstractmethod
     def _coefficients(self, term, h):
@@ -101,7 +103,8 @@ class AbstractExponentialRK(diffrax.AbstractSolver):
 
     @abc.abstractmethod
     def _update(self, term, coeffs, t, h, u, args):
-        """The state after one step of size `h` from `u` at time `t`."""
+        """`(y1, y_error)`: the state after one step of size `h` from `u` at time `t`,
+        and an embedded error estimate (or `None`)."""
 
 
 class ExponentialEuler(AbstractExponentialRK):
@@ -122,12 +125,17 @@ class ExponentialEuler(AbstractExponentialRK):
     def _update(self, term, coeffs, t, h, u, args):
         e, hp1 = coeffs
         n_u = term.nonlinear(t, u, args)
-        return _lin((1.0, term.apply_phi(e, u)), (1.0, term.apply_phi(hp1, n_u)))
+        return _lin((1.0, term.apply_phi(e, u)), (1.0, term.apply_phi(hp1, n_u))), None
 
 
-class ETDRK2(AbstractExponentialRK):
+class ETDRK2(AbstractExponentialRK, diffrax.AbstractAdaptiveSolver):
     r"""Cox–Matthews ETD2RK: $a = \varphi_0 u_n + h\varphi_1 N_u$,
-    $u_{n+1} = a + h \varphi_2 (N(t_n + h, a) - N_u)$. Order 2."""
+    $u_{n+1} = a + h \varphi_2 (N(t_n + h, a) - N_u)$. Order 2.
+
+    An embedded pair: $a$ is the ETD1 step, so $u_{n+1} - a =
+    h\varphi_2 (N_a - N_u)$ estimates the local error and a `PIDController` adapts the
+    step (`odelab.solve(term, ..., solver="etdrk2", rtol=..., atol=...)`); the
+    φ-coefficients are then recomputed at each new step size."""
 
     def order(self, terms):
         return 2
@@ -146,7 +154,8 @@ class ETDRK2(AbstractExponentialRK):
         n_u = term.nonlinear(t, u, args)
         a = _lin((1.0, ap(e, u)), (1.0, ap(hp1, n_u)))
         n_a = term.nonlinear(t + h, a, args)
-        return _lin((1.0, a), (1.0, ap(hp2, _lin((1.0, n_a), (-1.0, n_u)))))
+        correction = ap(hp2, _lin((1.0, n_a), (-1.0, n_u)))
+        return _lin((1.0, a), (1.0, correction)), correction
 
 
 class ETDRK4(AbstractExponentialRK):
@@ -201,7 +210,7 @@ class ETDRK4(AbstractExponentialRK):
             (1.0, ap(c["f1"], n_u)),
             (1.0, ap(c["f2"], _lin((1.0, n_a), (1.0, n_b)))),
             (1.0, ap(c["f3"], n_c)),
-        )
+        ), None
 
 
 class ETDRK4B(AbstractExponentialRK):
@@ -259,7 +268,7 @@ class ETDRK4B(AbstractExponentialRK):
             (1.0, ap(c["b1"], n1)),
             (1.0, ap(c["b23"], _lin((1.0, n2), (1.0, n3)))),
             (1.0, ap(c["b4"], n4)),
-        )
+        ), None
 
 
 class LawsonRK4(AbstractExponentialRK):
@@ -302,4 +311,101 @@ class LawsonRK4(AbstractExponentialRK):
             (h / 6, ap(e, n1)),
             (h / 3, ap(e_h, _lin((1.0, n2), (1.0, n3)))),
             (h / 6, n4),
-        )
+        ), None
+
+
+class ExponentialAdams(diffrax.AbstractSolver):
+    r"""Exponential Adams–Bashforth of order 2 or 3, variable step sizes.
+
+    The nonlinearity is replaced by the polynomial $p$ through its values at the last
+    `order` step starts, $p(\theta) = \sum_k c_k \theta^k$ in units $\theta = (t -
+    t_n)/h$; the variation-of-constants integral is then exact,
+    $\int_0^1 e^{(1-\theta)hL}\theta^k d\theta = k!\,\varphi_{k+1}(hL)$:
+
+    $$u_{n+1} = \varphi_0 u_n + h\,[\varphi_1 c_0 + \varphi_2 c_1 + 2\varphi_3 c_2],$$
+
+    with, for step ratios $r_1 = h_{n-1}/h$, $r_2 = h_{n-2}/h$,
+    $D_1 = (N_n - N_{n-1})/r_1$, $D_1' = (N_{n-1} - N_{n-2})/r_2$,
+    $D_2 = (D_1 - D_1')/(r_1 + r_2)$: $c_0 = N_n$, $c_1 = D_1 + r_1 D_2$, $c_2 = D_2$
+    (order 3; order 2 drops $D_2$). One evaluation of $N$ per step; the history
+    ($N_{n-1}, N_{n-2}$ and the step sizes) lives in the solver state. The first step
+    is one ETDRK4 step (4 evaluations), the second uses the order-2 formula; with
+    $L = 0$ the later steps are the variable-step Adams–Bashforth method.
+
+    **Reference:** M. Hochbruck, A. Ostermann, "Exponential multistep methods of Adams
+    type", BIT 51 (2011) 889–908; Cox & Matthews (2002) §2.2.
+    """
+
+    order_: int = eqx.field(static=True)
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar = diffrax.LocalLinearInterpolation
+
+    def __init__(self, order: int = 3):
+        self.order_ = order
+
+    def __check_init__(self):
+        if self.order_ not in (2, 3):
+            raise ValueError(
+                f"ExponentialAdams supports order 2 or 3, got {self.order_}."
+            )
+
+    def order(self, terms):
+        return self.order_
+
+    def nfe_costs(self):
+        return (0, 4, 1)
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+    def init(self, terms, t0, t1, y0, args):
+        _check(self, terms, y0)
+        term, direction = _unwrap(terms)
+        h = jnp.asarray(direction * (t1 - t0))
+        zeros = jtu.tree_map(jnp.zeros_like, y0)
+        history = (zeros, zeros, jnp.ones_like(h), jnp.ones_like(h))
+        return h, self._coefficients(term, h), history, jnp.asarray(0, jnp.int32)
+
+    def _coefficients(self, term, h):
+        e, p1, p2, p3 = term.phis(h, 3)
+        hh = jnp.asarray(h, e.dtype)
+        return e, hh * p1, hh * p2, 2 * hh * p3
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del made_jump
+        term, direction = _unwrap(terms)
+        h = jnp.asarray(direction * (t1 - t0))
+        h_cached, cached, (n1, n2, h1, h2), count = solver_state
+        scale = jnp.maximum(jnp.abs(t0), jnp.abs(t1))
+        eps = jnp.finfo(jnp.result_type(h)).eps
+        same = jnp.abs(h - h_cached) <= 8 * eps * jnp.maximum(scale, jnp.abs(h))
+        coeffs = lax.cond(same, lambda: cached, lambda: self._coefficients(term, h))
+        h = jnp.where(same, h_cached, h)
+        e, hp1, hp2, hp3 = coeffs
+        t = direction * t0
+        n0 = term.nonlinear(t, y0, args)
+        r1, r2 = h1 / h, h2 / h
+        d1 = _lin((1.0 / r1, n0), (-1.0 / r1, n1))
+        have1 = count >= 1
+        c1 = jtu.tree_map(lambda x: jnp.where(have1, x, jnp.zeros_like(x)), d1)
+        terms_ = [(1.0, term.apply_phi(e, y0)), (1.0, term.apply_phi(hp1, n0))]
+        if self.order_ == 3:
+            d1_prev = _lin((1.0 / r2, n1), (-1.0 / r2, n2))
+            d2 = _lin((1.0 / (r1 + r2), d1), (-1.0 / (r1 + r2), d1_prev))
+            have2 = count >= 2
+            d2 = jtu.tree_map(lambda x: jnp.where(have2, x, jnp.zeros_like(x)), d2)
+            c1 = _lin((1.0, c1), (r1, d2))
+            terms_.append((1.0, term.apply_phi(hp3, d2)))
+        terms_.append((1.0, term.apply_phi(hp2, c1)))
+
+        def first_step():
+            # No history yet: one ETDRK4 step, so that the start-up error does not
+            # lower the global order (an ETD1 start would cap it at 2).
+            rk = ETDRK4()
+            return rk._update(term, rk._coefficients(term, h), t, h, y0, args)[0]
+
+        y1 = lax.cond(count == 0, first_step, lambda: _lin(*terms_))
+        state = (h, coeffs, (n0, n1, h, h1), count + 1)
+        dense_info = dict(y0=y0, y1=y1)
+        return y1, None, dense_info, state, diffrax.RESULTS.successful

@@ -12,6 +12,7 @@ from odelab.solvers import (
     ETDRK4,
     ETDRK4B,
     RK4,
+    ExponentialAdams,
     ExponentialEuler,
     LawsonRK4,
 )
@@ -218,3 +219,84 @@ def test_bench_rows_and_summary(tmp_path):
     # ETDRK4 is fourth order on KS: halving the step cuts the error ~16x.
     assert rows[0]["error"] / rows[1]["error"] > 8
     assert payload["summary"]["best_odelab"] > 0
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("kind", list(_LINEAR))
+@pytest.mark.parametrize("order", [2, 3])
+def test_exponential_adams_order(order, kind):
+    term = _term(kind)
+    counts = np.asarray([20, 40, 80, 160])
+
+    @jax.jit
+    def final(dt):
+        sol = diffrax.diffeqsolve(
+            term, ExponentialAdams(order), 0.0, 1.0, dt, _exact(0.0), None
+        )
+        return sol.ys[-1]
+
+    measured, _ = convergence_order(lambda n: final(1.0 / n), _exact(1.0), counts)
+    assert abs(measured - order) <= ORDER_SLACK, measured
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("order", [2, 3])
+def test_exponential_adams_variable_steps(order):
+    # A smoothly non-uniform grid: the step-ratio formulas keep the order.
+    def final(n):
+        base = np.linspace(0.0, 1.0, n + 1)
+        grid = base + 0.27 * np.sin(np.pi * base) / n
+        sol = diffrax.diffeqsolve(
+            _term("diagonal"),
+            ExponentialAdams(order),
+            0.0,
+            1.0,
+            None,
+            _exact(0.0),
+            None,
+            stepsize_controller=diffrax.StepTo(ts=jnp.asarray(grid)),
+        )
+        return sol.ys[-1]
+
+    measured, _ = convergence_order(final, _exact(1.0), np.asarray([20, 40, 80, 160]))
+    assert abs(measured - order) <= ORDER_SLACK, measured
+
+
+@pytest.mark.x64
+def test_exponential_adams_is_adams_bashforth_when_l_is_zero():
+    # After the ETDRK4 start, AB2: y_{n+1} = y_n + h (3/2 N_n - 1/2 N_{n-1}).
+    def nonlinear(t, y, args):
+        return jnp.stack([jnp.sin(t) * y[1], -(y[0] ** 3)])
+
+    h, y0 = 0.1, jnp.array([0.3, -1.2])
+    sol = diffrax.diffeqsolve(
+        SemilinearTerm(0.0, nonlinear),
+        ExponentialAdams(2),
+        0.0,
+        0.4,
+        h,
+        y0,
+        None,
+        saveat=diffrax.SaveAt(steps=True),
+    )
+    ys = np.asarray(sol.ys[:4])
+    prev = np.asarray(nonlinear(0.0, y0, None))
+    for n in range(1, 3):
+        n_now = np.asarray(nonlinear(n * h, ys[n - 1], None))
+        expected = ys[n - 1] + h * (1.5 * n_now - 0.5 * prev)
+        np.testing.assert_allclose(ys[n], expected, rtol=1e-13)
+        prev = n_now
+
+
+@pytest.mark.x64
+def test_etdrk2_adapts_its_steps():
+    errors, steps = [], []
+    for tol in (1e-4, 1e-6):
+        sol = odelab.solve(
+            _term("dense"), _exact(0.0), jnp.array([0.0, 1.0]), None,
+            solver="etdrk2", rtol=tol, atol=tol,
+        )  # fmt: skip
+        errors.append(float(jnp.max(jnp.abs(sol.ys[-1] - _exact(1.0)))))
+        steps.append(int(sol.stats["num_steps"]))
+    assert errors[1] < errors[0] / 30 and steps[1] > steps[0]
+    assert errors[1] < 1e-5
