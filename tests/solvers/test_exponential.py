@@ -129,7 +129,19 @@ def test_stiff_linear_part_is_stable_where_rk4_blows_up(solver, accurate):
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("solver", [ETDRK4(), ExponentialEuler()], ids=repr)
+@pytest.mark.parametrize(
+    "solver",
+    [
+        ExponentialEuler(),
+        ETDRK2(),
+        ETDRK4(),
+        ETDRK4B(),
+        LawsonRK4(),
+        ExponentialAdams(2),
+        ExponentialAdams(3),
+    ],
+    ids=repr,
+)
 def test_pytree_state_vmap_and_gradients(solver):
     # A scalar L acts on any pytree; vmap over y0; gradients with respect to y0 and
     # args through the lean fixed-step path and through diffeqsolve (backsolve).
