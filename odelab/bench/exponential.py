@@ -16,7 +16,8 @@ the same steps agrees to 1e-11), and the median run time of the compiled solve
 
 For each family the time to reach relative error 1e-6 is interpolated log-log between
 the settings that straddle it. Targets (issue #5): odelab's best ≥ 10× faster than
-diffrax's best at 1e-6, and no slower than exponax.
+diffrax's best at 1e-6, and no slower than exponax. `--problem allen_cahn` runs the
+1-D Allen–Cahn equation of the zoo (dense finite-difference L, t ∈ [0, 30]) instead.
 """
 
 import argparse
@@ -34,6 +35,8 @@ from ._common import median, print_table, write_json
 
 T_END = 30.0
 TARGET = 1e-6
+# Second problem: Allen–Cahn (dense finite-difference L, real state) on [0, 70].
+PROBLEM_SPANS = {"kuramoto_sivashinsky": T_END, "allen_cahn": 30.0}
 
 FIXED = {
     "etdrk4": (100, 200, 300, 400, 800),
@@ -46,6 +49,25 @@ ADAPTIVE = {
     "tsit5": (1e-5, 1e-6, 1e-7, 1e-8, 1e-9),
     "kvaerno5": (1e-5, 1e-6, 1e-7, 1e-8),
     "kencarp4": (1e-5, 1e-6, 1e-7),
+}
+
+# Allen–Cahn is only mildly stiff (spectrum to about -41) and KenCarp4 takes seconds
+# per solve there: fewer settings.
+SWEEPS = {
+    "kuramoto_sivashinsky": (FIXED, ADAPTIVE),
+    "allen_cahn": (
+        {
+            "etdrk4": (25, 50, 100, 200, 400),
+            "etdrk4b": (25, 50, 100, 200, 400),
+            "etdrk2": (100, 200, 400, 800),
+            "exponential_adams3": (100, 200, 400, 800),
+        },
+        {
+            "tsit5": (1e-5, 1e-6, 1e-7, 1e-8),
+            "kvaerno5": (1e-5, 1e-6, 1e-8),
+            "kencarp4": (1e-5,),
+        },
+    ),
 }
 
 
@@ -98,19 +120,28 @@ def run(
     fixed: dict | None = None,
     adaptive: dict | None = None,
     plot: bool = True,
+    problem: str = "kuramoto_sivashinsky",
 ) -> dict:
-    """Run the benchmark; print the table; write `exponential.json` and a PNG.
+    """Run the benchmark; print the table; write `exponential[_PROBLEM].json` and a PNG.
 
     `fixed` ({solver name: step counts}) and `adaptive` ({"tsit5" | "kvaerno5" |
-    "kencarp4": tolerances}) replace the default sweeps."""
-    fixed_sweep = FIXED if fixed is None else fixed
-    adaptive_sweep = ADAPTIVE if adaptive is None else adaptive
+    "kencarp4": tolerances}) replace the default sweeps; `problem` is
+    `"kuramoto_sivashinsky"` (t in [0, 30]) or `"allen_cahn"` (t in [0, 70])."""
+    if problem not in PROBLEM_SPANS:
+        raise ValueError(
+            f"unknown problem {problem!r}; valid: {', '.join(PROBLEM_SPANS)}"
+        )
+    t_end = PROBLEM_SPANS[problem]
+    default_fixed, default_adaptive = SWEEPS[problem]
+    fixed_sweep = default_fixed if fixed is None else fixed
+    adaptive_sweep = default_adaptive if adaptive is None else adaptive
     rows = []
     with jax.enable_x64(True):
-        prob = problems.get("kuramoto_sivashinsky")
+        prob = problems.get(problem)
         term = SemilinearTerm(prob.linear, prob.nonlinear)
         y0, args = prob.y0, prob.args
-        span = jnp.array([0.0, T_END])
+        span = jnp.array([0.0, t_end])
+        is_complex = jnp.iscomplexobj(y0)
 
         def fixed_solve(name, n):
             return jax.jit(
@@ -136,7 +167,13 @@ def run(
                         compile_s=compile_s,
                     )
                 )
-        lin_part, nonlin_part, to_real, to_complex = _real_split(prob)
+        if is_complex:
+            lin_part, nonlin_part, to_real, to_complex = _real_split(prob)
+        else:
+            lin = prob.linear
+            lin_part = lambda t, v, a: lin @ v  # noqa: E731
+            nonlin_part = prob.nonlinear
+            to_real = to_complex = lambda v: v  # noqa: E731
         for name, tols in adaptive_sweep.items():
             for tol in tols:
                 ctrl = diffrax.PIDController(rtol=tol, atol=tol)
@@ -163,7 +200,7 @@ def run(
                         terms,
                         solver,
                         0.0,
-                        T_END,
+                        t_end,
                         None,
                         v,
                         args,
@@ -188,27 +225,32 @@ def run(
                         compile_s=compile_s,
                     )
                 )
-        if peers:
+        if peers and problem == "kuramoto_sivashinsky":
             rows += _exponax_rows(prob, error, repeats)
     summary = _summary(rows)
     print_table(
         rows,
         ["family", "solver", "setting", "error", "run_ms", "compile_s"],
-        title=f"exponential: Kuramoto–Sivashinsky, 128 modes, t in [0, {T_END:g}], "
-        f"float64; relative L2 error at t = {T_END:g}; run: median of {repeats}",
+        title=f"exponential: {problem}, t in [0, {t_end:g}], float64; relative L2 "
+        f"error at t = {t_end:g}; run: median of {repeats}",
     )
     for line in summary["lines"]:
         print(line)
     payload = {
         "benchmark": "exponential",
-        "config": dict(t_end=T_END, repeats=repeats, target_error=TARGET),
+        "config": dict(
+            problem=problem, t_end=t_end, repeats=repeats, target_error=TARGET
+        ),
         "rows": rows,
         "summary": summary["values"],
         "targets": {"odelab_vs_diffrax_speedup": 10.0, "odelab_vs_exponax": 1.0},
     }
-    write_json("exponential", payload, out_dir)
+    name = (
+        "exponential" if problem == "kuramoto_sivashinsky" else f"exponential_{problem}"
+    )
+    write_json(name, payload, out_dir)
     if plot:
-        _plot(rows, out_dir)
+        _plot(rows, out_dir, name, problem, t_end)
     return payload
 
 
@@ -283,7 +325,7 @@ def _summary(rows):
     }
 
 
-def _plot(rows, out_dir):
+def _plot(rows, out_dir, name, problem, t_end):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,11 +341,11 @@ def _plot(rows, out_dir):
             [r["run_ms"] for r in rs], [r["error"] for r in rs], "o-", label=label
         )
     ax.axhline(TARGET, color="k", lw=0.5)
-    ax.set(xlabel="run time (ms)", ylabel="relative L2 error at t = 30")
-    ax.set_title("Kuramoto–Sivashinsky work-precision")
+    ax.set(xlabel="run time (ms)", ylabel=f"relative L2 error at t = {t_end:g}")
+    ax.set_title(f"{problem} work-precision")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = f"{out_dir}/exponential.png"
+    path = f"{out_dir}/{name}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"wrote {path}")
@@ -318,8 +360,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument(
+        "--problem", default="kuramoto_sivashinsky", choices=list(PROBLEM_SPANS)
+    )
     ns = parser.parse_args(argv)
-    run(repeats=ns.repeats, out_dir=ns.out, peers=not ns.no_peers)
+    run(repeats=ns.repeats, out_dir=ns.out, peers=not ns.no_peers, problem=ns.problem)
 
 
 if __name__ == "__main__":
