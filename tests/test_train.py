@@ -279,3 +279,21 @@ def test_reversible_config_trains_like_checkpointing(tmp_path):
         losses[adjoint] = [r["loss"] for r in records if "loss" in r]
     assert len(losses["reversible"]) == 5
     np.testing.assert_allclose(losses["reversible"], losses["checkpoint"], rtol=1e-4)
+
+
+def test_joint_batch_matches_per_trajectory_with_fixed_steps(tmp_path):
+    # With fixed steps both ways take the same steps: the same losses to round-off.
+    # (Adaptive: one step size for the batch, a different but valid discretisation.)
+    losses = {}
+    for joint in (False, True):
+        config = _config(solver={"joint_batch": joint}, training={"steps": 4})
+        train(config, progress=False, out_root=str(tmp_path / str(joint)))
+        records = _records(str(tmp_path / str(joint) / "tiny"))
+        losses[joint] = [r["loss"] for r in records if "loss" in r]
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    adaptive = _config(
+        solver={"joint_batch": True, "name": "tsit5", "steps": None},
+        training={"steps": 2},
+    )
+    metrics = train(adaptive, progress=False, out_root=str(tmp_path / "adaptive"))
+    assert np.isfinite(metrics["loss"])
