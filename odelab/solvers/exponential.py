@@ -63,6 +63,17 @@ def _check(solver, terms, y0):
     terms.check_state(y0)
 
 
+def _reuse_coefficients(solver, term, t0, t1, h, h_cached, cached):
+    """`(h, coefficients)` for this step: the cached ones while the step repeats
+    (within a few ulps of |t|: a fixed grid's steps differ by its times' round-off,
+    and the step then taken is the cached one), else freshly computed."""
+    scale = jnp.maximum(jnp.maximum(jnp.abs(t0), jnp.abs(t1)), jnp.abs(h))
+    eps = jnp.finfo(jnp.result_type(h)).eps
+    same = jnp.abs(h - h_cached) <= 8 * eps * scale
+    coeffs = lax.cond(same, lambda: cached, lambda: solver._coefficients(term, h))
+    return jnp.where(same, h_cached, h), coeffs
+
+
 class AbstractExponentialRK(diffrax.AbstractSolver):
     """Base class: a one-step exponential integrator over a `SemilinearTerm`."""
 
@@ -87,12 +98,7 @@ class AbstractExponentialRK(diffrax.AbstractSolver):
         # differ only by the round-off of the grid's times, so a step within a few
         # ulps of |t| of the cached one reuses it (the integration then takes the
         # cached step, a change of the order of the times' own rounding).
-        h_cached, cached = solver_state
-        scale = jnp.maximum(jnp.abs(t0), jnp.abs(t1))
-        eps = jnp.finfo(jnp.result_type(h)).eps
-        same = jnp.abs(h - h_cached) <= 8 * eps * jnp.maximum(scale, jnp.abs(h))
-        coeffs = lax.cond(same, lambda: cached, lambda: self._coefficients(term, h))
-        h = jnp.where(same, h_cached, h)
+        h, coeffs = _reuse_coefficients(self, term, t0, t1, h, *solver_state)
         y1, y_error = self._update(term, coeffs, direction * t0, h, y0, args)
         dense_info = dict(y0=y0, y1=y1)
         return y1, y_error, dense_info, (h, coeffs), diffrax.RESULTS.successful
@@ -377,11 +383,7 @@ class ExponentialAdams(diffrax.AbstractSolver):
         term, direction = _unwrap(terms)
         h = jnp.asarray(direction * (t1 - t0))
         h_cached, cached, (n1, n2, h1, h2), count = solver_state
-        scale = jnp.maximum(jnp.abs(t0), jnp.abs(t1))
-        eps = jnp.finfo(jnp.result_type(h)).eps
-        same = jnp.abs(h - h_cached) <= 8 * eps * jnp.maximum(scale, jnp.abs(h))
-        coeffs = lax.cond(same, lambda: cached, lambda: self._coefficients(term, h))
-        h = jnp.where(same, h_cached, h)
+        h, coeffs = _reuse_coefficients(self, term, t0, t1, h, h_cached, cached)
         e, hp1, hp2, hp3 = coeffs
         t = direction * t0
         n0 = term.nonlinear(t, y0, args)
