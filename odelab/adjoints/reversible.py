@@ -31,6 +31,7 @@ import jax.tree_util as jtu
 from diffrax._adjoint import _only_transpose_ys
 from jax import lax
 
+from ..solvers.nfe import AdaptiveDelegate
 from ..solvers.reversible import AbstractReversibleSolver
 from ._common import (
     add as _add,
@@ -53,7 +54,9 @@ class _StepRecorder(diffrax.AbstractStepSizeController):
         return _StepRecorder(self.controller.wrap(direction))
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        raise AssertionError("initialised by ReversibleAdjoint.loop")
+        # diffeqsolve initialises the user's controller before the adjoint's loop
+        # wraps it; the loop then builds this wrapper's state itself.
+        raise AssertionError("a _StepRecorder is created already initialised")
 
     def adapt_step_size(
         self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
@@ -70,23 +73,11 @@ class _StepRecorder(diffrax.AbstractStepSizeController):
         return keep, tprev, tnext, made_jump, (inner, times, count), result
 
 
-class _AdaptiveStepRecorder(_StepRecorder, diffrax.AbstractAdaptiveStepSizeController):
+class _AdaptiveStepRecorder(_StepRecorder, AdaptiveDelegate):
     controller: diffrax.AbstractAdaptiveStepSizeController
 
     def wrap(self, direction):
         return _AdaptiveStepRecorder(self.controller.wrap(direction))
-
-    @property
-    def rtol(self):
-        return self.controller.rtol
-
-    @property
-    def atol(self):
-        return self.controller.atol
-
-    @property
-    def norm(self):
-        return self.controller.norm
 
 
 def _is_fixed_grid(controller) -> bool:

@@ -109,8 +109,16 @@ class NeuralODE(eqx.Module):
                 f"`y0` must be one state of shape (dim,), got shape {jnp.shape(y0)}; "
                 "batch with `jax.vmap(model, in_axes=(None, 0))`."
             )
+        return self._solve(self._field, y0, ts, throw)
+
+    @property
+    def _field(self):
+        return _time_field if self.time_dependent else _field
+
+    def _solve(self, field, y0, ts, throw):
+        # The module's solve configuration, for one state or a batch as one state.
         return solve(
-            _time_field if self.time_dependent else _field,
+            field,
             y0,
             ts,
             self.mlp,
@@ -146,21 +154,9 @@ class NeuralODE(eqx.Module):
                 sol,
                 (ys, dict(sol.stats, nfe=jnp.max(sol.stats["nfe"]))),
             )
-        field = _time_field if self.time_dependent else _field
-        return solve(
-            lambda t, y, mlp: jax.vmap(lambda yi: field(t, yi, mlp))(y),
-            y0s,
-            ts,
-            self.mlp,
-            solver=self.solver,
-            adjoint=self.adjoint,
-            rtol=self.rtol,
-            atol=self.atol,
-            dt0=self.dt0,
-            steps=self.steps,
-            max_steps=self.max_steps,
-            throw=throw,
-        )
+        field = self._field
+        batch_field = lambda t, y, mlp: jax.vmap(lambda yi: field(t, yi, mlp))(y)  # noqa: E731
+        return self._solve(batch_field, y0s, ts, throw)
 
 
 class AugmentedNeuralODE(eqx.Module):

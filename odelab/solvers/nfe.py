@@ -103,11 +103,11 @@ class _NFECounter(_AbstractNFECounter):
     costs: tuple[int, int, int] = eqx.field(static=True)
 
 
-class _AdaptiveNFECounter(
-    _AbstractNFECounter, diffrax.AbstractAdaptiveStepSizeController
-):
-    controller: diffrax.AbstractAdaptiveStepSizeController
-    costs: tuple[int, int, int] = eqx.field(static=True)
+class AdaptiveDelegate(diffrax.AbstractAdaptiveStepSizeController):
+    """Mixin for wrappers around an adaptive controller (`self.controller`): they stay
+    adaptive, with its tolerances and norm (implicit solvers read them)."""
+
+    controller: eqx.AbstractVar[diffrax.AbstractAdaptiveStepSizeController]
 
     @property
     def rtol(self):
@@ -120,6 +120,11 @@ class _AdaptiveNFECounter(
     @property
     def norm(self):
         return self.controller.norm
+
+
+class _AdaptiveNFECounter(_AbstractNFECounter, AdaptiveDelegate):
+    controller: diffrax.AbstractAdaptiveStepSizeController
+    costs: tuple[int, int, int] = eqx.field(static=True)
 
 
 def count_nfe(controller, costs):
