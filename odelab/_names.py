@@ -59,7 +59,7 @@ SDE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "heun": diffrax.Heun,
     "milstein": diffrax.ItoMilstein,
     "stratonovich_milstein": diffrax.StratonovichMilstein,
-    "reversible_heun": diffrax.ReversibleHeun,
+    "reversible_heun": ReversibleHeun,
     "sra1": diffrax.SRA1,
     "shark": diffrax.ShARK,
     "sea": diffrax.SEA,

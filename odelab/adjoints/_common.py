@@ -45,8 +45,20 @@ def save_cotangents(grad_final_state):
     return save.ys
 
 
-def check_loop_inputs(name, terms, saveat, max_steps, event, passed_state):
-    """Validate what an odelab adjoint supports; return the single `SubSaveAt`."""
+def _has_unsafe_path(terms) -> bool:
+    leaves = jtu.tree_leaves(
+        terms, is_leaf=lambda x: isinstance(x, diffrax.UnsafeBrownianPath)
+    )
+    return any(isinstance(x, diffrax.UnsafeBrownianPath) for x in leaves)
+
+
+def check_loop_inputs(
+    name, terms, saveat, max_steps, event, passed_state, allow_sde=False
+):
+    """Validate what an odelab adjoint supports; return the single `SubSaveAt`.
+
+    `allow_sde`: accept a `MultiTerm` (drift and diffusion) whose Brownian path can be
+    queried again (not `UnsafeBrownianPath`)."""
     if max_steps is None:
         raise ValueError(
             f"`{name}` needs a finite `max_steps` (it sizes the buffers of the "
@@ -69,8 +81,14 @@ def check_loop_inputs(name, terms, saveat, max_steps, event, passed_state):
         )
     if subs[0].fn is not diffrax._saveat.save_y:
         raise ValueError(f"`{name}` does not support `SaveAt(fn=...)`.")
-    if not isinstance(terms, diffrax.AbstractTerm) or isinstance(
-        terms, diffrax.MultiTerm
-    ):
-        raise ValueError(f"`{name}` supports a single (ODE) term.")
+    if not isinstance(terms, diffrax.AbstractTerm):
+        raise ValueError(f"`{name}` needs diffrax terms, got {type(terms).__name__}.")
+    if isinstance(terms, diffrax.MultiTerm) and not allow_sde:
+        raise ValueError(f"`{name}` supports a single (ODE) term, not an SDE.")
+    if allow_sde and _has_unsafe_path(terms):
+        raise ValueError(
+            f"`{name}` re-evaluates Brownian increments in its backward pass: use a "
+            "`VirtualBrownianTree` (odelab.solve_sde's default), not "
+            "`UnsafeBrownianPath`."
+        )
     return subs[0]

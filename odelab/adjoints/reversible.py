@@ -96,7 +96,9 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
     Exact gradients of the discretised solve (the same as differentiating through it
     step by step) with memory independent of the number of steps, for any
     `odelab.solvers.AbstractReversibleSolver` (ReversibleHeun, BDIA, ReversibleRK,
-    MALI). Fixed or adaptive steps (only the accepted step boundaries are kept),
+    MALI, EDICT). SDEs too, with reversible Heun (Stratonovich) on
+    `MultiTerm(ODETerm(drift), ControlTerm(diffusion, VirtualBrownianTree))`: the
+    backward pass queries the same Brownian increments again. Fixed or adaptive steps (only the accepted step boundaries are kept),
     `SaveAt(t0=..., t1=..., ts=...)`, pytree states, gradients with respect to `y0`,
     `args` and arrays inside the vector field, `vmap`.
 
@@ -152,6 +154,7 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
             max_steps,
             event,
             passed_solver_state or passed_controller_state,
+            allow_sde=True,
         )
         if isinstance(stepsize_controller, diffrax.AbstractAdaptiveStepSizeController):
             recorder = _AdaptiveStepRecorder(stepsize_controller)
