@@ -1,7 +1,10 @@
 """Shared pieces of odelab's adjoints: cotangent bookkeeping and input checks."""
 
+import functools as ft
+
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
@@ -92,3 +95,30 @@ def check_loop_inputs(
             "`UnsafeBrownianPath`."
         )
     return subs[0]
+
+
+def forward_loop(y__args__terms, *, solver, stepsize_controller, init_state, **kw):
+    """The forward pass of odelab's custom-VJP adjoints: diffrax's own solve loop with
+    plain (non-differentiable, storage-free) lax while loops, the solver state
+    initialised from the differentiated `y0` and `args`."""
+    y0, args, terms = y__args__terms
+    solver_state = solver.init(terms, init_state.tprev, init_state.tnext, y0, args)
+    init_state = eqx.tree_at(
+        lambda s: (s.y, s.solver_state), init_state, (y0, solver_state)
+    )
+    return kw["loop"](
+        solver=solver,
+        stepsize_controller=stepsize_controller,
+        event=None,
+        saveat=kw["saveat"],
+        t0=kw["t0"],
+        t1=kw["t1"],
+        dt0=kw["dt0"],
+        max_steps=kw["max_steps"],
+        terms=terms,
+        args=args,
+        init_state=init_state,
+        inner_while_loop=ft.partial(eqxi.while_loop, kind="lax"),
+        outer_while_loop=ft.partial(eqxi.while_loop, kind="lax"),
+        progress_meter=kw["progress_meter"],
+    )

@@ -32,11 +32,8 @@ Differential Equation Solutions", 2021, arXiv:1812.01892 (SciMLSensitivity's
 InterpolatingAdjoint and QuadratureAdjoint).
 """
 
-import functools as ft
-
 import diffrax
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -44,7 +41,7 @@ import numpy as np
 from diffrax._adjoint import _only_transpose_ys
 from jax import lax
 
-from ._common import add, check_loop_inputs, materialise, save_cotangents
+from ._common import add, check_loop_inputs, forward_loop, materialise, save_cotangents
 
 
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(4)
@@ -133,28 +130,8 @@ class QuadratureAdjoint(_AbstractContinuousAdjoint):
 
 
 @eqx.filter_custom_vjp
-def _continuous_loop(y__args__terms, *, solver, init_state, **kw):
-    y0, args, terms = y__args__terms
-    solver_state = solver.init(terms, init_state.tprev, init_state.tnext, y0, args)
-    init_state = eqx.tree_at(
-        lambda s: (s.y, s.solver_state), init_state, (y0, solver_state)
-    )
-    return kw["loop"](
-        solver=solver,
-        stepsize_controller=kw["stepsize_controller"],
-        event=None,
-        saveat=kw["saveat"],
-        t0=kw["t0"],
-        t1=kw["t1"],
-        dt0=kw["dt0"],
-        max_steps=kw["max_steps"],
-        terms=terms,
-        args=args,
-        init_state=init_state,
-        inner_while_loop=ft.partial(eqxi.while_loop, kind="lax"),
-        outer_while_loop=ft.partial(eqxi.while_loop, kind="lax"),
-        progress_meter=kw["progress_meter"],
-    )
+def _continuous_loop(y__args__terms, **kw):
+    return forward_loop(y__args__terms, **kw)
 
 
 @_continuous_loop.def_fwd

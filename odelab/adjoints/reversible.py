@@ -21,11 +21,8 @@ otherwise. Cost: one inverse step and one step VJP per step.
 and S. McCallum, J. Foster, arXiv:2410.11648, §3.
 """
 
-import functools as ft
-
 import diffrax
 import equinox as eqx
-import equinox.internal as eqxi
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from diffrax._adjoint import _only_transpose_ys
@@ -36,6 +33,7 @@ from ..solvers.reversible import AbstractReversibleSolver
 from ._common import (
     add as _add,
     check_loop_inputs,
+    forward_loop,
     materialise as _materialise,
     save_cotangents as _save_cotangents,
     zeros_like as _zeros_like,
@@ -203,29 +201,8 @@ class ReversibleAdjoint(diffrax.AbstractAdjoint):
 
 
 @eqx.filter_custom_vjp
-def _reversible_loop(y__args__terms, *, solver, stepsize_controller, init_state, **kw):
-    y0, args, terms = y__args__terms
-    saveat, loop = kw["saveat"], kw["loop"]
-    solver_state = solver.init(terms, init_state.tprev, init_state.tnext, y0, args)
-    init_state = eqx.tree_at(
-        lambda s: (s.y, s.solver_state), init_state, (y0, solver_state)
-    )
-    return loop(
-        solver=solver,
-        stepsize_controller=stepsize_controller,
-        event=None,
-        saveat=saveat,
-        t0=kw["t0"],
-        t1=kw["t1"],
-        dt0=kw["dt0"],
-        max_steps=kw["max_steps"],
-        terms=terms,
-        args=args,
-        init_state=init_state,
-        inner_while_loop=ft.partial(eqxi.while_loop, kind="lax"),
-        outer_while_loop=ft.partial(eqxi.while_loop, kind="lax"),
-        progress_meter=kw["progress_meter"],
-    )
+def _reversible_loop(y__args__terms, **kw):
+    return forward_loop(y__args__terms, **kw)
 
 
 @_reversible_loop.def_fwd
