@@ -18,6 +18,7 @@ from .solvers import (
     LawsonRK4,
     ReversibleHeun,
     ReversibleRK,
+    UniPC,
 )
 
 
@@ -49,6 +50,8 @@ ODE_SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "lawson_rk4": LawsonRK4,
     "exponential_adams2": lambda: ExponentialAdams(2),
     "exponential_adams3": lambda: ExponentialAdams(3),
+    "unipc2": lambda: UniPC(2),
+    "unipc3": lambda: UniPC(3),
     "leapfrog_midpoint": diffrax.LeapfrogMidpoint,
 }
 """Solver names accepted by `odelab.solve`, each mapped to a zero-argument factory."""

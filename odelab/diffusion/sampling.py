@@ -34,27 +34,74 @@ thresholding), 2022; J. Ho, T. Salimans, "Classifier-Free Diffusion Guidance", 2
 """
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import diffrax
 import jax
 import jax.numpy as jnp
 
 from .. import solve
-from ..solvers import ETDRK2, ETDRK4, ExponentialAdams, ExponentialEuler
+from ..solvers import ETDRK2, ETDRK4, ExponentialAdams, ExponentialEuler, UniPC
 from ..terms import SemilinearTerm
-from .schedules import AbstractSchedule, time_grid
+from .schedules import (
+    DIFFUSERS_GRIDS,
+    AbstractSchedule,
+    diffusers_timesteps,
+    time_grid,
+)
 
 
 PREDICTIONS = ("eps", "x0", "v", "score", "flow")
 
-SAMPLERS: dict[str, tuple[Callable[[], diffrax.AbstractSolver], int]] = {
-    "ddim": (ExponentialEuler, 1),
-    "etdrk2": (ETDRK2, 2),
-    "etdrk4": (ETDRK4, 4),
-    "exponential_adams2": (lambda: ExponentialAdams(2), 2),
-    "exponential_adams3": (lambda: ExponentialAdams(3), 3),
+
+class Preset(NamedTuple):
+    """A named sampler: `make(steps_to_end=None, **options)` builds its solver."""
+
+    make: Callable[..., diffrax.AbstractSolver]
+    order: int
+    lower_order_final: str
+    """When the last steps drop order (diffusers' rule): "never", "short" (fewer
+    than 15 model evaluations in all) or "always"."""
+
+
+def _fixed(cls):
+    return lambda steps_to_end=None, **options: cls(**options)
+
+
+def _adams(order, **preset):
+    def make(steps_to_end=None, **options):
+        return ExponentialAdams(
+            order, steps_to_end=steps_to_end, **{**preset, **options}
+        )
+
+    return make
+
+
+def _unipc(steps_to_end=None, **options):
+    return UniPC(steps_to_end=steps_to_end, **options)
+
+
+SAMPLERS: dict[str, Preset] = {
+    "ddim": Preset(_fixed(ExponentialEuler), 1, "never"),
+    "etdrk2": Preset(_fixed(ETDRK2), 2, "never"),
+    "etdrk4": Preset(_fixed(ETDRK4), 4, "never"),
+    "exponential_adams2": Preset(_adams(2), 2, "never"),
+    "exponential_adams3": Preset(_adams(3), 3, "never"),
+    "dpmpp_2m": Preset(
+        _adams(2, start="lower_order", second_order="midpoint"), 2, "short"
+    ),
+    "dpmpp_3m": Preset(
+        _adams(3, start="lower_order", second_order="midpoint", third_order="dpmpp"),
+        3,
+        "short",
+    ),
+    "unipc": Preset(_unipc, 2, "always"),
 }
-"""Sampler names: (solver factory, order, which is also the fewest steps accepted)."""
+"""Sampler names. `dpmpp_2m`/`dpmpp_3m` are DPM-Solver++(2M)/(3M) (lower-order
+warm-up; `sampler_options=dict(second_order="phi")` gives the "heun" form), `unipc`
+is UniPC-bh2 with its corrector (`sampler_options`: `order` 1–3, `variant`
+"bh1"/"bh2", `corrector`); the exponential-Adams presets start with one ETDRK4 step
+instead (4 evaluations, full order from the start)."""
 
 
 def to_denoiser(model: Callable, prediction: str, schedule: AbstractSchedule):
@@ -123,14 +170,17 @@ def sample(
     schedule: AbstractSchedule,
     *,
     prediction: str = "eps",
-    sampler: str = "ddim",
+    sampler="ddim",
     steps: int = 10,
     grid="logsnr",
     cond=(),
     adjoint="checkpoint",
+    final_denoise: bool | None = None,
+    lower_order_final: bool | None = None,
+    sampler_options: dict | None = None,
 ):
-    r"""Solve the probability-flow ODE from noise `x_t` (at `schedule.t_max`, or the
-    grid's first time) to data (the grid's last time); returns $x$ there.
+    r"""Solve the probability-flow ODE from noise `x_t` (at the grid's first time) to
+    data (the grid's last time, or $\sigma = 0$ with `final_denoise`); returns $x$.
 
     **Arguments:**
 
@@ -140,46 +190,87 @@ def sample(
     - `prediction`: what `model` predicts (`PREDICTIONS`).
     - `sampler`: a name in `SAMPLERS`, or any `diffrax.AbstractSolver` (it then
       solves the same term).
-    - `steps`, `grid`: the time grid (`time_grid`'s kinds, or an array of times).
+    - `steps`, `grid`: the time grid (`time_grid`'s kinds, or an array of times). With
+      diffusers' grids (`"linspace"`, `"leading"`, `"trailing"`) `steps` counts model
+      evaluations, as in diffusers: `steps - 1` ODE steps, then the final denoise.
     - `cond`: extra arguments for `model` (a tuple; e.g. class labels).
     - `adjoint`: as in `odelab.solve` (gradients flow to `x_t`, `cond` and arrays in
       `model`).
+    - `final_denoise`: end with $x = D(x, t_{last})$, the exact step to $\sigma = 0$
+      (every exponential sampler's update to $\sigma = 0$ is this, whatever its
+      order). Default: on for diffusers' grids, off otherwise.
+    - `lower_order_final`: drop the order of the last steps as diffusers does
+      (default: the preset's rule, `Preset.lower_order_final`).
+    - `sampler_options`: keyword arguments for the preset's solver.
 
     **Example:**
 
     ```python
     x0 = sample(eps_model, jax.random.normal(key, (8,)), VPLinear(), steps=10,
-                sampler="exponential_adams2")
+                sampler="dpmpp_2m")
     ```
     """
+    options = dict(sampler_options or {})
     if isinstance(sampler, str):
         if sampler not in SAMPLERS:
             raise ValueError(
                 f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}, or a "
                 "diffrax solver."
             )
-        make, order = SAMPLERS[sampler]
+        preset = SAMPLERS[sampler]
+        order = options.get("order", preset.order)
         if steps < order:
             raise ValueError(
                 f"sampler {sampler!r} is of order {order} and needs steps >= {order}, "
                 f"got steps={steps}."
             )
-        solver = make()
+    elif options:
+        raise ValueError("`sampler_options` apply to named samplers only.")
+    diffusers_grid = isinstance(grid, str) and grid in DIFFUSERS_GRIDS
+    times = time_grid(
+        schedule,
+        steps,
+        grid,
+        convention="ddim" if sampler == "ddim" else "multistep",
+    )
+    if final_denoise is None:
+        final_denoise = diffusers_grid
+    elif diffusers_grid and not final_denoise:
+        # diffusers' final_sigmas_type="sigma_min": the last step goes to the table's
+        # first entry (index 0, t_min) instead of to sigma = 0.
+        last = diffusers_timesteps(
+            steps,
+            grid,
+            num_train_timesteps=schedule.size,
+            scheduler="ddim" if sampler == "ddim" else "multistep",
+        )[-1]
+        if last > 0:
+            times = jnp.concatenate([times, schedule.time_of_index(jnp.zeros(1))])
+    n_ode = times.shape[0] - 1
+    if isinstance(sampler, str):
+        total = n_ode + int(final_denoise)
+        if lower_order_final is None:
+            rule = preset.lower_order_final
+            lower_order_final = rule == "always" or (rule == "short" and total < 15)
+        solver = preset.make(total if lower_order_final else None, **options)
     else:
         solver = sampler
-    times = time_grid(schedule, steps, grid)
     denoiser = to_denoiser(model, prediction, schedule)
-    term = probability_flow_term(denoiser, schedule)
-    s_grid = -schedule.lam(times)
-    x_tilde = x_t / schedule.alpha(times[0])
-    sol = solve(
-        term,
-        x_tilde,
-        jnp.stack([s_grid[0], s_grid[-1]]),
-        tuple(cond),
-        solver=solver,
-        stepsize_controller=diffrax.StepTo(ts=s_grid),
-        adjoint=adjoint,
-        max_steps=s_grid.shape[0],
-    )
-    return schedule.alpha(times[-1]) * sol.ys[-1]
+    x = x_t
+    if n_ode > 0:
+        term = probability_flow_term(denoiser, schedule)
+        s_grid = -schedule.lam(times)
+        sol = solve(
+            term,
+            x_t / schedule.alpha(times[0]),
+            jnp.stack([s_grid[0], s_grid[-1]]),
+            tuple(cond),
+            solver=solver,
+            stepsize_controller=diffrax.StepTo(ts=s_grid),
+            adjoint=adjoint,
+            max_steps=s_grid.shape[0],
+        )
+        x = schedule.alpha(times[-1]) * sol.ys[-1]
+    if final_denoise:
+        x = denoiser(x, times[-1], *cond)
+    return x

@@ -183,6 +183,15 @@ class VPDiscrete(_VP):
     def t_max(self):
         return 1.0
 
+    def time_of_index(self, n):
+        """The time $t = (n + 1)/N$ of table index (diffusers' integer timestep) `n`."""
+        return (jnp.asarray(n, jnp.result_type(float)) + 1.0) / self.size
+
+    def index_of_time(self, t):
+        """The (fractional) table index of time `t`: $tN - 1$ (for a model trained
+        on integer timesteps)."""
+        return t * self.size - 1.0
+
     def log_alpha(self, t):
         return _interp_linear_extrapolate(t, self.ts, self.log_alphas)
 
@@ -284,6 +293,65 @@ class RectifiedFlow(AbstractSchedule):
 
 
 GRIDS = ("uniform_t", "logsnr", "karras", "time_quadratic")
+DIFFUSERS_GRIDS = ("linspace", "leading", "trailing")
+
+
+def diffusers_timesteps(
+    steps: int,
+    spacing: str = "linspace",
+    *,
+    num_train_timesteps: int = 1000,
+    steps_offset: int = 0,
+    scheduler: str = "multistep",
+) -> np.ndarray:
+    r"""The integer timesteps at which diffusers evaluates the model, decreasing.
+
+    After the last one diffusers steps to $\sigma = 0$ (`final_sigmas_type="zero"`,
+    DDIM's `set_alpha_to_one=True`), which is a final denoising step
+    (`sample(..., final_denoise=True)`). `spacing` is diffusers' `timestep_spacing`
+    (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+    Table 2); `scheduler` picks between the conventions of the multistep schedulers
+    (`"multistep"`: DPMSolverMultistep, UniPCMultistep, DEISMultistep) and of
+    `"ddim"` (DDIMScheduler: `leading` uses a ratio N // steps and ends at 0).
+    DDIM's `linspace` is not offered: diffusers evaluates it at `linspace` times but
+    steps to `t - N // steps`, which is not a time grid.
+    """
+    n = num_train_timesteps
+    if steps < 1:
+        raise ValueError(f"`steps` must be at least 1, got {steps}.")
+    if spacing not in DIFFUSERS_GRIDS:
+        raise ValueError(
+            f"unknown timestep spacing {spacing!r}; valid: {', '.join(DIFFUSERS_GRIDS)}."
+        )
+    if scheduler not in ("multistep", "ddim"):
+        raise ValueError(
+            f"`scheduler` must be 'multistep' or 'ddim', got {scheduler!r}."
+        )
+    if scheduler == "ddim":
+        if spacing == "linspace":
+            raise ValueError(
+                "diffusers' DDIM with timestep_spacing='linspace' evaluates the model at "
+                "linspace times but steps to t - N // steps, so it is not a solve on a "
+                "time grid; use 'leading' or 'trailing'."
+            )
+        if spacing == "leading":
+            out = (np.arange(0, steps) * (n // steps)).round()[::-1] + steps_offset
+        else:
+            out = np.round(np.arange(n, 0, -n / steps)) - 1
+    elif spacing == "linspace":
+        out = np.linspace(0, n - 1, steps + 1).round()[::-1][:-1]
+    elif spacing == "leading":
+        ratio = n // (steps + 1)
+        out = (np.arange(0, steps + 1) * ratio).round()[::-1][:-1] + steps_offset
+    else:
+        out = np.arange(n, 0, -n / steps).round() - 1
+    out = out.astype(np.int64)
+    if np.any(np.diff(out) >= 0) or out.min() < 0 or out.max() >= n:
+        raise ValueError(
+            f"{steps} steps with spacing {spacing!r} give the timesteps {out.tolist()}, "
+            f"which are not strictly decreasing inside [0, {n - 1}]; use fewer steps."
+        )
+    return out
 
 
 def time_grid(
@@ -294,8 +362,11 @@ def time_grid(
     t_start=None,
     t_end=None,
     rho: float = 7.0,
+    steps_offset: int = 0,
+    convention: str = "multistep",
 ):
-    r"""A decreasing time grid of `steps + 1` points from noise to data.
+    r"""A decreasing time grid of `steps + 1` points from noise to data (`steps`
+    points for the diffusers grids, which end in a final denoising step).
 
     **Arguments:**
 
@@ -305,7 +376,9 @@ def time_grid(
       `"karras"` ($\bar\sigma_i = (\bar\sigma_{max}^{1/\rho} + \frac iN(\bar\sigma_{min}^{1/\rho}
       - \bar\sigma_{max}^{1/\rho}))^\rho$ with $\bar\sigma = \sigma/\alpha = e^{-\lambda}$);
       `"time_quadratic"` (uniform in $\sqrt t$); or an array of times (checked to be
-      strictly decreasing and inside the schedule's range).
+      strictly decreasing and inside the schedule's range); or, for a `VPDiscrete`
+      schedule, diffusers' `"linspace"`, `"leading"`, `"trailing"` timesteps
+      (`diffusers_timesteps`; `steps_offset` and `convention` are passed on).
     - `t_start`, `t_end`: the grid's ends (default `schedule.t_max`, `schedule.t_min`).
     - `rho`: Karras' ρ.
     """
@@ -333,9 +406,25 @@ def time_grid(
         return grid
     if steps < 1:
         raise ValueError(f"`steps` must be at least 1, got {steps}.")
+    if kind in DIFFUSERS_GRIDS:
+        if not isinstance(schedule, VPDiscrete):
+            raise ValueError(
+                f"the diffusers grid {kind!r} needs a `VPDiscrete` schedule (integer "
+                f"timesteps), got {type(schedule).__name__}."
+            )
+        return schedule.time_of_index(
+            diffusers_timesteps(
+                steps,
+                kind,
+                num_train_timesteps=schedule.size,
+                steps_offset=steps_offset,
+                scheduler=convention,
+            )
+        )
     if kind not in GRIDS:
         raise ValueError(
-            f"unknown grid {kind!r}; valid: {', '.join(GRIDS)}, or an array."
+            f"unknown grid {kind!r}; valid: {', '.join(GRIDS + DIFFUSERS_GRIDS)}, or "
+            "an array."
         )
     u = jnp.linspace(0.0, 1.0, steps + 1)
     if kind == "uniform_t":

@@ -26,3 +26,4 @@ from .reversible import (
     is_reversible as is_reversible,
 )
 from .rk4 import RK4 as RK4
+from .unipc import UniPC as UniPC

@@ -321,7 +321,7 @@ class LawsonRK4(AbstractExponentialRK):
 
 
 class ExponentialAdams(diffrax.AbstractSolver):
-    r"""Exponential Adams–Bashforth of order 2 or 3, variable step sizes.
+    r"""Exponential Adams–Bashforth of order 1, 2 or 3, variable step sizes.
 
     The nonlinearity is replaced by the polynomial $p$ through its values at the last
     `order` step starts, $p(\theta) = \sum_k c_k \theta^k$ in units $\theta = (t -
@@ -334,33 +334,84 @@ class ExponentialAdams(diffrax.AbstractSolver):
     $D_1 = (N_n - N_{n-1})/r_1$, $D_1' = (N_{n-1} - N_{n-2})/r_2$,
     $D_2 = (D_1 - D_1')/(r_1 + r_2)$: $c_0 = N_n$, $c_1 = D_1 + r_1 D_2$, $c_2 = D_2$
     (order 3; order 2 drops $D_2$). One evaluation of $N$ per step; the history
-    ($N_{n-1}, N_{n-2}$ and the step sizes) lives in the solver state. The first step
-    is one ETDRK4 step (4 evaluations), the second uses the order-2 formula; with
-    $L = 0$ the later steps are the variable-step Adams–Bashforth method.
+    ($N_{n-1}, N_{n-2}$ and the step sizes) lives in the solver state. With $L = 0$ the
+    steps are the variable-step Adams–Bashforth method.
+
+    **Options** (the defaults suit PDEs; `odelab.diffusion` sets the DPM-Solver++
+    ones):
+
+    - `start="etdrk4"`: the first step is one ETDRK4 step (4 evaluations), so that the
+      start-up error does not lower the global order; `"lower_order"`: step $n$ uses
+      order $\min(\text{order}, n + 1)$, one evaluation each (DPM-Solver++, UniPC).
+    - `second_order="phi"`: order-2 steps use the exact weight $h\varphi_2$ for $c_1$
+      (DPM-Solver++'s "heun" form); `"midpoint"`: $\tfrac12 h\varphi_1$ instead
+      (DPM-Solver++(2M)'s default, also second order).
+    - `third_order="phi"`: order-3 steps weight $c_2$ by $2h\varphi_3$ (exact for the
+      quadratic); `"dpmpp"`: by $h\varphi_3$, as DPM-Solver++(3M)'s reference code
+      and diffusers do (their $D_2 = c_2$ with the Taylor weight of $p''h^2$, half
+      the exact one; the tests measure what this costs in order).
+    - `steps_to_end`: if given, step $n$ uses order at most `steps_to_end - n`
+      (lower-order final steps, as diffusers' `lower_order_final`).
+
+    With $L = 1$ in the coordinates of `odelab.diffusion` ($\tilde x = x/\alpha$,
+    $s = -\lambda$, $N = -D$), `ExponentialAdams(2, start="lower_order",
+    second_order="midpoint")` is DPM-Solver++(2M) and `ExponentialAdams(3,
+    start="lower_order")` is DPM-Solver++(3M), step for step.
 
     **Reference:** M. Hochbruck, A. Ostermann, "Exponential multistep methods of Adams
-    type", BIT 51 (2011) 889–908; Cox & Matthews (2002) §2.2.
+    type", BIT 51 (2011) 889–908; Cox & Matthews (2002) §2.2; C. Lu et al.,
+    "DPM-Solver++", arXiv:2211.01095, Alg. 2.
     """
 
     order_: int = eqx.field(static=True)
+    start: str = eqx.field(static=True)
+    second_order: str = eqx.field(static=True)
+    third_order: str = eqx.field(static=True)
+    steps_to_end: int | None = eqx.field(static=True)
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.LocalLinearInterpolation
 
-    def __init__(self, order: int = 3):
+    def __init__(
+        self,
+        order: int = 3,
+        *,
+        start: str = "etdrk4",
+        second_order: str = "phi",
+        third_order: str = "phi",
+        steps_to_end: int | None = None,
+    ):
         self.order_ = order
+        self.start = start
+        self.second_order = second_order
+        self.third_order = third_order
+        self.steps_to_end = steps_to_end
 
     def __check_init__(self):
-        if self.order_ not in (2, 3):
+        if self.order_ not in (1, 2, 3):
             raise ValueError(
-                f"ExponentialAdams supports order 2 or 3, got {self.order_}."
+                f"ExponentialAdams supports order 1, 2 or 3, got {self.order_}."
+            )
+        if self.start not in ("etdrk4", "lower_order"):
+            raise ValueError(
+                f"`start` must be 'etdrk4' or 'lower_order', got {self.start!r}."
+            )
+        if self.second_order not in ("phi", "midpoint"):
+            raise ValueError(
+                f"`second_order` must be 'phi' or 'midpoint', got {self.second_order!r}."
+            )
+        if self.third_order not in ("phi", "dpmpp"):
+            raise ValueError(
+                f"`third_order` must be 'phi' or 'dpmpp', got {self.third_order!r}."
             )
 
     def order(self, terms):
         return self.order_
 
     def nfe_costs(self):
-        return (0, 4, 1)
+        if self.start == "etdrk4" and self.order_ > 1:
+            return (0, 4, 1)
+        return (0, 1, 1)
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -378,6 +429,14 @@ class ExponentialAdams(diffrax.AbstractSolver):
         hh = jnp.asarray(h, e.dtype)
         return e, hh * p1, hh * p2, 2 * hh * p3
 
+    def _effective_order(self, count):
+        # Order n + 1 at most at step n: that is all the history there is (the
+        # "etdrk4" start replaces step 0 as a whole).
+        k = jnp.minimum(jnp.asarray(self.order_, jnp.int32), count + 1)
+        if self.steps_to_end is not None:
+            k = jnp.minimum(k, jnp.maximum(self.steps_to_end - count, 1))
+        return k
+
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del made_jump
         term, direction = _unwrap(terms)
@@ -387,27 +446,34 @@ class ExponentialAdams(diffrax.AbstractSolver):
         e, hp1, hp2, hp3 = coeffs
         t = direction * t0
         n0 = term.nonlinear(t, y0, args)
-        r1, r2 = h1 / h, h2 / h
-        d1 = _lin((1.0 / r1, n0), (-1.0 / r1, n1))
-        have1 = count >= 1
-        c1 = jtu.tree_map(lambda x: jnp.where(have1, x, jnp.zeros_like(x)), d1)
+        k = self._effective_order(count)
         terms_ = [(1.0, term.apply_phi(e, y0)), (1.0, term.apply_phi(hp1, n0))]
+        if self.order_ >= 2:
+            r1 = h1 / h
+            d1 = _lin((1.0 / r1, n0), (-1.0 / r1, n1))
+            a1 = hp2 if self.second_order == "phi" else 0.5 * hp1
+            if self.order_ == 3 and self.second_order == "midpoint":
+                a1 = jnp.where(k == 2, a1, hp2)
+            terms_.append((1.0, term.apply_phi(jnp.where(k >= 2, a1, 0.0), d1)))
         if self.order_ == 3:
+            r2 = h2 / h
             d1_prev = _lin((1.0 / r2, n1), (-1.0 / r2, n2))
             d2 = _lin((1.0 / (r1 + r2), d1), (-1.0 / (r1 + r2), d1_prev))
-            have2 = count >= 2
-            d2 = jtu.tree_map(lambda x: jnp.where(have2, x, jnp.zeros_like(x)), d2)
-            c1 = _lin((1.0, c1), (r1, d2))
-            terms_.append((1.0, term.apply_phi(hp3, d2)))
-        terms_.append((1.0, term.apply_phi(hp2, c1)))
+            w3 = hp3 if self.third_order == "phi" else 0.5 * hp3
+            a2 = jnp.where(k >= 3, r1 * hp2 + w3, 0.0)
+            terms_.append((1.0, term.apply_phi(a2, d2)))
 
-        def first_step():
-            # No history yet: one ETDRK4 step, so that the start-up error does not
-            # lower the global order (an ETD1 start would cap it at 2).
-            rk = ETDRK4()
-            return rk._update(term, rk._coefficients(term, h), t, h, y0, args)[0]
+        if self.start == "etdrk4" and self.order_ > 1:
 
-        y1 = lax.cond(count == 0, first_step, lambda: _lin(*terms_))
+            def first_step():
+                # No history yet: one ETDRK4 step, so that the start-up error does not
+                # lower the global order (an ETD1 start would cap it at 2).
+                rk = ETDRK4()
+                return rk._update(term, rk._coefficients(term, h), t, h, y0, args)[0]
+
+            y1 = lax.cond(count == 0, first_step, lambda: _lin(*terms_))
+        else:
+            y1 = _lin(*terms_)
         state = (h, coeffs, (n0, n1, h, h1), count + 1)
         dense_info = dict(y0=y0, y1=y1)
         return y1, None, dense_info, state, diffrax.RESULTS.successful
