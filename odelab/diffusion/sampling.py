@@ -18,13 +18,23 @@ $$\frac{d\tilde x}{ds} = \tilde x - D(\alpha \tilde x, t(s)),$$
 so every exponential integrator of `odelab.solvers.exponential` is a sampler (design
 principle 3). Exponential Euler in these coordinates *is* DDIM (η = 0), step for step:
 $x_{n+1} = \alpha_{n+1} D_n + \sigma_{n+1}(x_n - \alpha_n D_n)/\sigma_n$. Higher
-orders: `etdrk2`, `etdrk4`, and the exponential Adams methods (multistep on the
-denoiser, interpolated in $s = -\lambda$: the data-prediction multistep family of
-DPM-Solver++ and DEIS, with exact φ-function weights). Not yet here: BDIA and EDICT
-sampling (their papers combine states in $x$, not $\tilde x$: the generic
-`odelab.solvers.BDIA`/`EDICT` over DDIM in these coordinates are different methods,
-and EDICT's generic form is unstable on this ODE), stochastic samplers, and
-diffusers-compatible grids.
+orders are the presets in `SAMPLERS`: DPM-Solver++(2M)/(3M) and UniPC (bh1/bh2,
+orders 1–3, with corrector) reproduce diffusers' schedulers to float32 round-off on its
+timestep grids (`grid="linspace"|"leading"|"trailing"`, final step to σ = 0), and
+`etdrk2`, `etdrk4` and the exponential Adams methods (exact φ-function weights) are
+odelab's own. `space="noise"` solves in $z = x/\sigma$ instead (DPM-Solver's noise-
+prediction family). Stochastic samplers live in `odelab.diffusion.sde`. Not yet here:
+BDIA and EDICT sampling in $x$ (their papers combine states in $x$, not $\tilde x$:
+the generic `odelab.solvers.BDIA`/`EDICT` over DDIM in these coordinates are different
+methods, and EDICT's generic form is unstable on this ODE), singlestep DPM-Solver,
+DEIS, EDM Heun and rectified-flow solvers.
+
+Two findings from matching diffusers 0.42: its DPM-Solver++(3M) weights the second
+divided difference by $h\varphi_3$ where the exact integral of the quadratic needs
+$2h\varphi_3$, which makes it a second-order method (measured in
+`tests/solvers/test_unipc.py`; `ExponentialAdams(3)` is the third-order one); and its
+UniPC-bh1 returns NaN with `final_sigmas_type="zero"` ($B(h) = h = -\infty$ times a
+zero residual), so odelab's parity check for bh1 uses `"sigma_min"`.
 
 **References:** J. Song, C. Meng, S. Ermon, "Denoising Diffusion Implicit Models",
 ICLR 2021; C. Lu et al., "DPM-Solver++", arXiv:2211.01095; Q. Zhang, Y. Chen,
@@ -41,6 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import solve
+from .._fixed_step import fixed_step_solve
 from ..solvers import ETDRK2, ETDRK4, ExponentialAdams, ExponentialEuler, UniPC
 from ..terms import SemilinearTerm
 from .schedules import (
@@ -152,16 +163,30 @@ def dynamic_thresholding(denoiser: Callable, percentile: float = 0.995):
     return thresholded
 
 
-def probability_flow_term(denoiser: Callable, schedule: AbstractSchedule):
-    r"""The probability-flow ODE as `SemilinearTerm(1, N)` in $(\tilde x, s)$ with
-    $N(s, \tilde x, \text{cond}) = -D(\alpha(t)\tilde x, t)$, $t = t(-s)$."""
+def probability_flow_term(
+    denoiser: Callable, schedule: AbstractSchedule, space: str = "data"
+):
+    r"""The probability-flow ODE as a `SemilinearTerm` in $s = -\lambda$.
 
-    def nonlinear(s, x_tilde, cond):
+    - `space="data"`: state $\tilde x = x/\alpha$, `SemilinearTerm(1, N)` with
+      $N = -D(\alpha\tilde x, t)$ (DPM-Solver++, UniPC with data prediction);
+    - `space="noise"`: state $z = x/\sigma$, `SemilinearTerm(-1, N)` with
+      $N = \hat\varepsilon(\sigma z, t) = (x - \alpha D)/\sigma$ (DPM-Solver,
+      DEIS, UniPC with noise prediction): from $\tilde x = D + e^{s}\hat\varepsilon$,
+      $dz/ds = -z + \hat\varepsilon$.
+
+    $t = t(\lambda = -s)$. Exponential Euler is DDIM in both."""
+    if space not in ("data", "noise"):
+        raise ValueError(f"`space` must be 'data' or 'noise', got {space!r}.")
+
+    def nonlinear(s, y, cond):
         t = schedule.t_of_lambda(-s)
-        d = denoiser(schedule.alpha(t) * x_tilde, t, *cond)
-        return -d
+        if space == "data":
+            return -denoiser(schedule.alpha(t) * y, t, *cond)
+        x = schedule.sigma(t) * y
+        return (x - schedule.alpha(t) * denoiser(x, t, *cond)) / schedule.sigma(t)
 
-    return SemilinearTerm(jnp.asarray(1.0), nonlinear)
+    return SemilinearTerm(jnp.asarray(1.0 if space == "data" else -1.0), nonlinear)
 
 
 def sample(
@@ -178,6 +203,7 @@ def sample(
     final_denoise: bool | None = None,
     lower_order_final: bool | None = None,
     sampler_options: dict | None = None,
+    space: str = "data",
 ):
     r"""Solve the probability-flow ODE from noise `x_t` (at the grid's first time) to
     data (the grid's last time, or $\sigma = 0$ with `final_denoise`); returns $x$.
@@ -202,6 +228,9 @@ def sample(
     - `lower_order_final`: drop the order of the last steps as diffusers does
       (default: the preset's rule, `Preset.lower_order_final`).
     - `sampler_options`: keyword arguments for the preset's solver.
+    - `space`: `"data"` (the multistep history is of the denoiser: DPM-Solver++,
+      UniPC's default) or `"noise"` (of the noise prediction: DPM-Solver, DEIS);
+      see `probability_flow_term`.
 
     **Example:**
 
@@ -258,19 +287,28 @@ def sample(
     denoiser = to_denoiser(model, prediction, schedule)
     x = x_t
     if n_ode > 0:
-        term = probability_flow_term(denoiser, schedule)
+        term = probability_flow_term(denoiser, schedule, space)
         s_grid = -schedule.lam(times)
-        sol = solve(
-            term,
-            x_t / schedule.alpha(times[0]),
-            jnp.stack([s_grid[0], s_grid[-1]]),
-            tuple(cond),
-            solver=solver,
-            stepsize_controller=diffrax.StepTo(ts=s_grid),
-            adjoint=adjoint,
-            max_steps=s_grid.shape[0],
-        )
-        x = schedule.alpha(times[-1]) * sol.ys[-1]
+        scale = schedule.alpha if space == "data" else schedule.sigma
+        y0 = x_t / scale(times[0])
+        if isinstance(adjoint, str) and adjoint == "checkpoint":
+            # The grid is fixed: scan the solver's own step over it (#2's lean path,
+            # checkpointed per step; the discrete gradients of diffeqsolve on StepTo).
+            ys, _ = fixed_step_solve(
+                term, solver, y0, tuple(cond), s_grid, None, (n_ode,)
+            )
+        else:
+            ys = solve(
+                term,
+                y0,
+                jnp.stack([s_grid[0], s_grid[-1]]),
+                tuple(cond),
+                solver=solver,
+                stepsize_controller=diffrax.StepTo(ts=s_grid),
+                adjoint=adjoint,
+                max_steps=s_grid.shape[0],
+            ).ys
+        x = scale(times[-1]) * ys[-1]
     if final_denoise:
         x = denoiser(x, times[-1], *cond)
     return x

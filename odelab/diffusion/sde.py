@@ -1,0 +1,406 @@
+r"""Stochastic sampling: the reverse-time SDE of a diffusion model, and its samplers.
+
+**The forward SDE.** The marginals $x_t = \alpha(t) x_0 + \sigma(t)\varepsilon$ of any
+schedule are those of $dx = f(t)\,x\,dt + g(t)\,dW$ with
+
+$$f = \frac{d\log\alpha}{dt}, \qquad g^2 = \frac{d\sigma^2}{dt} - 2f\sigma^2
+  = -2\sigma^2\dot\lambda,$$
+
+($\lambda = \log\alpha - \log\sigma$, so $g^2 > 0$ because $\lambda$ decreases);
+both come from `jax.grad` of the schedule, so every schedule has its SDE.
+
+**The reverse-time family.** With the score $\nabla\log p_t(x) = (\alpha D(x, t) -
+x)/\sigma^2$ from the denoiser $D$, every member of
+
+$$dx = \Big[f x - \frac{1 + \eta^2}{2}\, g^2\, \nabla\log p_t(x)\Big]dt
+  + \eta\, g\, d\bar W_t \qquad (t \text{ decreasing}),$$
+
+carries the marginals $p_t$ from $t_{max}$ down to $t_{min}$ (Karras et al., eq. 6):
+$\eta = 0$ is the probability-flow ODE, $\eta = 1$ Anderson's reverse SDE, $\eta > 1$
+adds more "churn". In the increasing time $\tau = -t$ its drift is
+$-(1 + \eta^2)\dot\lambda\,(\alpha D - x) - f x$ (no division by $\sigma^2$) and its
+diffusion $\eta g$: `reverse_sde_terms` gives both for `odelab.solve_sde`.
+
+**Samplers** (`sample_sde`): Euler–Maruyama on that SDE (a diffrax solve);
+predictor–corrector with Langevin correction (Song et al. 2021); DDIM with $\eta > 0$
+(Song, Meng & Ermon, eq. 12); and the SDE variant of DPM-Solver++(2M) (Lu et al.,
+diffusers' `algorithm_type="sde-dpmsolver++"`), generalised to the whole family.
+
+**References:** B. D. O. Anderson, "Reverse-time diffusion equation models",
+Stochastic Process. Appl. 12, 1982; Y. Song et al., "Score-Based Generative Modeling
+through Stochastic Differential Equations", ICLR 2021, arXiv:2011.13456; J. Song,
+C. Meng, S. Ermon, "Denoising Diffusion Implicit Models", ICLR 2021, arXiv:2010.02502;
+C. Lu et al., "DPM-Solver++", arXiv:2211.01095; T. Karras et al., "Elucidating the
+Design Space of Diffusion-Based Generative Models", NeurIPS 2022, arXiv:2206.00364.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ..solve import solve_sde
+from .sampling import to_denoiser
+from .schedules import AbstractSchedule, time_grid
+
+
+SDE_SAMPLERS = ("euler_maruyama", "pc_langevin", "ddim_eta", "sde_dpmpp_2m")
+"""Sampler names for `sample_sde`."""
+
+
+class ReverseSDE(NamedTuple):
+    """Drift and diffusion of the reverse-time SDE in $\\tau = -t$, as
+    `f(tau, x, cond)` and `g(tau, x, cond)` for `odelab.solve_sde` (diagonal noise;
+    `cond` is the tuple of the denoiser's extra arguments)."""
+
+    drift: Callable
+    diffusion: Callable
+
+
+def _check_eta(eta, at_most=None, sampler=None):
+    if isinstance(eta, jax.core.Tracer):
+        return
+    value = float(eta)
+    if not value >= 0:
+        raise ValueError(f"`eta` must be >= 0, got {value}.")
+    if at_most is not None and value > at_most:
+        raise ValueError(
+            f"sampler {sampler!r} needs `eta` in [0, {at_most}] (its fresh noise "
+            f"cannot exceed the target noise level), got {value}."
+        )
+
+
+def _rates(schedule, t):
+    """$f = d\\log\\alpha/dt$ and $\\dot\\lambda$ at the scalar time `t`."""
+    return jax.grad(schedule.log_alpha)(t), jax.grad(schedule.lam)(t)
+
+
+def reverse_sde_terms(
+    denoiser: Callable, schedule: AbstractSchedule, *, eta=1.0
+) -> ReverseSDE:
+    r"""The reverse-time SDE of `schedule` in the increasing time $\tau = -t$:
+
+    $$dx = \big[-(1 + \eta^2)\,\dot\lambda(t)\,(\alpha(t) D(x, t) - x) - f(t)\,x\big]
+      d\tau + \eta\,\sigma(t)\sqrt{-2\dot\lambda(t)}\; dW_\tau, \qquad t = -\tau,$$
+
+    which is $dx = [f x - \frac{1+\eta^2}{2} g^2 \nabla\log p_t]dt + \eta g\,d\bar W$
+    (module notes) with $g^2 = -2\sigma^2\dot\lambda$, $\nabla\log p_t = (\alpha D -
+    x)/\sigma^2$. Solve it from $\tau = -t_{max}$ to $-t_{min}$ with an Itô solver.
+
+    **Arguments:**
+
+    - `denoiser`: `D(x, t, *cond)` (e.g. from `to_denoiser`).
+    - `schedule`: an `odelab.diffusion.schedules` schedule.
+    - `eta`: the noise scale $\eta \ge 0$ (0: the probability-flow ODE; 1: the
+      reverse SDE).
+
+    **Returns:** `ReverseSDE(drift, diffusion)`, each `(tau, x, cond) -> array`
+    shaped like `x` (`noise="diagonal"`).
+
+    **Raises:** `ValueError` for `eta < 0`.
+
+    **Example:**
+
+    ```python
+    sde = reverse_sde_terms(denoiser, VPLinear())
+    sol = odelab.solve_sde(sde.drift, sde.diffusion, x_T, (-1.0, -1e-3), (),
+                           key=key, steps=500)
+    ```
+
+    **Reference:** B. D. O. Anderson, "Reverse-time diffusion equation models", 1982;
+    Y. Song et al., arXiv:2011.13456, eqs. (6) and (13).
+    """
+    _check_eta(eta)
+
+    def drift(tau, x, cond):
+        t = -tau
+        f, lam_dot = (c.astype(x.dtype) for c in _rates(schedule, t))
+        alpha = schedule.alpha(t).astype(x.dtype)
+        weight = jnp.asarray(1 + eta**2, x.dtype)
+        return -weight * lam_dot * (alpha * denoiser(x, t, *cond) - x) - f * x
+
+    def diffusion(tau, x, cond):
+        del cond
+        t = -tau
+        _, lam_dot = _rates(schedule, t)
+        g = schedule.sigma(t) * jnp.sqrt(-2 * lam_dot)
+        return jnp.broadcast_to(jnp.asarray(eta * g, x.dtype), x.shape)
+
+    return ReverseSDE(drift, diffusion)
+
+
+def _euler_maruyama(denoiser, schedule, x, times, cond, key, eta, adjoint):
+    # A VirtualBrownianTree gives exact increments only where its resolution is finer
+    # than every step, and `solve_sde` sets it from the span; the small steps of a
+    # logSNR or Karras grid in t could fall inside one cell. So the solve runs in the
+    # step index u: on [n, n+1] the SDE with its coefficients frozen at t_n, scaled by
+    # Δτ_n (drift) and sqrt(Δτ_n) (diffusion). Its Euler–Maruyama step of size 1 is
+    # exactly Euler–Maruyama with step Δτ_n in τ, on unit steps that the tree resolves
+    # (tol = 1/4). On a uniform grid the normalised Brownian path is the one of the
+    # same solve in τ, so the result equals `solve_sde(*reverse_sde_terms(...))`.
+    n = times.shape[0] - 1
+    sde = reverse_sde_terms(denoiser, schedule, eta=eta)
+
+    def interval(u, grid):
+        # Euler–Maruyama evaluates at step starts only: integer u up to round-off.
+        i = jnp.clip(jnp.round(u).astype(jnp.int32), 0, n - 1)
+        return -grid[i], grid[i] - grid[i + 1]
+
+    def drift(u, y, args):
+        grid, cond = args
+        tau, dtau = interval(u, grid)
+        return dtau * sde.drift(tau, y, cond)
+
+    def diffusion(u, y, args):
+        grid, cond = args
+        tau, dtau = interval(u, grid)
+        return jnp.sqrt(dtau) * sde.diffusion(tau, y, cond)
+
+    sol = solve_sde(
+        drift,
+        diffusion,
+        x,
+        (0.0, float(n)),
+        (times, cond),
+        key=key,
+        solver="euler",
+        steps=n,
+        adjoint=adjoint,
+    )
+    return sol.ys[-1]
+
+
+def _pc_langevin(denoiser, schedule, x, times, cond, key, eta, options):
+    snr, corrector_steps, axis_name = options
+    sde = reverse_sde_terms(denoiser, schedule, eta=eta)
+    alphas = schedule.alpha(times).astype(x.dtype)
+    # Song et al.'s α_i = 1 - β_i of the VP chain: the squared α ratio over the step.
+    ratios = (alphas[:-1] / alphas[1:]) ** 2
+    snr = jnp.asarray(snr, x.dtype)
+
+    def norm(v):
+        value = jnp.sqrt(jnp.sum(v**2))
+        # Song et al. average the norms over the batch, which keeps the step size
+        # steady when one sample's score is small (low dimensions).
+        return value if axis_name is None else jax.lax.pmean(value, axis_name)
+
+    def langevin(y, inputs):
+        t, ratio, k = inputs
+        alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+        score = (alpha.astype(y.dtype) * denoiser(y, t, *cond) - y) / sigma.astype(
+            y.dtype
+        ) ** 2
+        z = jax.random.normal(k, y.shape, y.dtype)
+        eps = 2 * ratio * (snr * norm(z) / norm(score)) ** 2
+        return y + eps * score + jnp.sqrt(2 * eps) * z, None
+
+    def step(y, inputs):
+        t0, t1, ratio, k = inputs
+        k_pred, k_corr = jax.random.split(k)
+        dtau = t0 - t1
+        z = jax.random.normal(k_pred, y.shape, y.dtype)
+        y = (
+            y
+            + dtau * sde.drift(-t0, y, cond)
+            + jnp.sqrt(dtau) * sde.diffusion(-t0, y, cond) * z
+        )
+        m = corrector_steps
+        y, _ = jax.lax.scan(
+            langevin,
+            y,
+            (jnp.full((m,), t1), jnp.full((m,), ratio), jax.random.split(k_corr, m)),
+        )
+        return y, None
+
+    keys = jax.random.split(key, times.shape[0] - 1)
+    x, _ = jax.lax.scan(jax.checkpoint(step), x, (times[:-1], times[1:], ratios, keys))
+    return x
+
+
+def _coefficients(schedule, times, dtype):
+    alphas = schedule.alpha(times).astype(dtype)
+    sigmas = schedule.sigma(times).astype(dtype)
+    h = jnp.diff(schedule.lam(times)).astype(dtype)
+    return alphas, sigmas, h
+
+
+def _ddim_eta(denoiser, schedule, x, times, cond, key, eta):
+    alphas, sigmas, h = _coefficients(schedule, times, x.dtype)
+    eta = jnp.asarray(eta, x.dtype)
+
+    def step(y, inputs):
+        t0, a0, s0, a1, s1, h, k = inputs
+        d = denoiser(y, t0, *cond)
+        fresh = -jnp.expm1(-2 * h)
+        eps_hat = (y - a0 * d) / s0
+        z = jax.random.normal(k, y.shape, y.dtype)
+        kept = s1 * jnp.sqrt(1 - eta**2 * fresh)
+        return a1 * d + kept * eps_hat + s1 * eta * jnp.sqrt(fresh) * z, None
+
+    keys = jax.random.split(key, times.shape[0] - 1)
+    inputs = (
+        times[:-1],
+        alphas[:-1],
+        sigmas[:-1],
+        alphas[1:],
+        sigmas[1:],
+        h,
+        keys,
+    )
+    x, _ = jax.lax.scan(jax.checkpoint(step), x, inputs)
+    return x
+
+
+def _sde_dpmpp_2m(denoiser, schedule, x, times, cond, key, eta):
+    alphas, sigmas, h = _coefficients(schedule, times, x.dtype)
+    eta2 = jnp.asarray(eta, x.dtype) ** 2
+
+    def step(carry, inputs):
+        y, d_prev, h_prev = carry
+        i, t0, s0, a1, s1, h, k = inputs
+        d = denoiser(y, t0, *cond)
+        # Linear in λ through the last two denoisings (diffusers' "midpoint" weight
+        # 1/2); the first step has no history and is first order.
+        d1 = jnp.where(i == 0, jnp.zeros_like(d), (d - d_prev) * (h / h_prev))
+        phi = -jnp.expm1(-(1 + eta2) * h)
+        z = jax.random.normal(k, y.shape, y.dtype)
+        y = (
+            (s1 / s0) * jnp.exp(-eta2 * h) * y
+            + a1 * phi * (d + 0.5 * d1)
+            + s1 * jnp.sqrt(-jnp.expm1(-2 * eta2 * h)) * z
+        )
+        return (y, d, h), None
+
+    n = times.shape[0] - 1
+    inputs = (
+        jnp.arange(n),
+        times[:-1],
+        sigmas[:-1],
+        alphas[1:],
+        sigmas[1:],
+        h,
+        jax.random.split(key, n),
+    )
+    init = (x, jnp.zeros_like(x), jnp.ones((), x.dtype))
+    (x, _, _), _ = jax.lax.scan(jax.checkpoint(step), init, inputs)
+    return x
+
+
+def sample_sde(
+    model: Callable,
+    x_t,
+    schedule: AbstractSchedule,
+    *,
+    key,
+    prediction: str = "eps",
+    sampler: str = "euler_maruyama",
+    steps: int = 100,
+    grid="uniform_t",
+    cond=(),
+    eta=1.0,
+    final_denoise: bool = True,
+    snr=0.16,
+    corrector_steps: int = 1,
+    axis_name=None,
+    adjoint="checkpoint",
+):
+    r"""Sample a diffusion model stochastically, from noise `x_t` at the grid's first
+    time to data; returns $x$.
+
+    Samplers, for one step from $s$ to $t < s$ ($D = D(x, s)$, $h = \lambda_t -
+    \lambda_s$, $z \sim \mathcal N(0, I)$ fresh each step):
+
+    - `"euler_maruyama"`: Euler–Maruyama on `reverse_sde_terms` in $\tau = -t$, as an
+      `odelab.solve_sde` solve on a `VirtualBrownianTree`:
+      $x \leftarrow x + \Delta\tau\, F(x) + \eta g(s)\sqrt{\Delta\tau}\, z$.
+      Weak order 1.
+    - `"pc_langevin"`: that Euler–Maruyama step as predictor, then `corrector_steps`
+      Langevin steps at $t$: $x \leftarrow x + \epsilon\,\nabla\log p_t(x) +
+      \sqrt{2\epsilon}\,z$ with $\epsilon = 2 a\,(r\|z\|/\|\nabla\log p_t\|)^2$, $r$
+      the `snr` and $a = \alpha_s^2/\alpha_t^2$ (Song et al. 2021, Algorithms 4–5,
+      where $a = 1 - \beta_i$). With `axis_name` (a `vmap` axis name) the two norms
+      are averaged over the batch, as in Song et al.'s code; per sample, they vary
+      a lot in low dimension.
+    - `"ddim_eta"`: DDIM with noise (Song, Meng & Ermon, eq. 12), for any schedule:
+      $x \leftarrow \alpha_t D + \sigma_t\sqrt{1 - c^2}\,\hat\varepsilon + \sigma_t c
+      \, z$ with $\hat\varepsilon = (x - \alpha_s D)/\sigma_s$ and $c = \eta\sqrt{1 -
+      e^{-2h}}$; $\eta = 0$ is DDIM, $\eta = 1$ the DDPM posterior (ancestral
+      sampling). Needs $0 \le \eta \le 1$.
+    - `"sde_dpmpp_2m"`: the exponential integrator of the $\eta$-family with the
+      denoiser linear in $\lambda$ (DPM-Solver++(2M) SDE, "midpoint" form):
+      $x \leftarrow \frac{\sigma_t}{\sigma_s}e^{-\eta^2 h}x + \alpha_t(1 - e^{-(1 +
+      \eta^2)h})(D + \tfrac12 D_1) + \sigma_t\sqrt{1 - e^{-2\eta^2 h}}\,z$ with $D_1 =
+      (D - D_{prev})\,h/h_{prev}$ (0 on the first step). $\eta = 1$ is diffusers'
+      `sde-dpmsolver++`, $\eta = 0$ DPM-Solver++(2M); k-diffusion's `eta` is
+      $\eta^2$. The first-order step with $\eta = 1$ equals `ddim_eta`'s.
+
+    **Arguments:**
+
+    - `model`: `model(x, t, *cond)` for one state `x` (vmap over a batch).
+    - `x_t`: the starting noise, any array shape the model takes.
+    - `schedule`: an `odelab.diffusion.schedules` schedule.
+    - `key`: the PRNG key of the sampler's noise.
+    - `prediction`: what `model` predicts (`sampling.PREDICTIONS`).
+    - `sampler`: a name in `SDE_SAMPLERS`.
+    - `steps`, `grid`: the time grid (`time_grid`'s kinds, or an array of times).
+    - `cond`: extra arguments for `model` (a tuple).
+    - `eta`: the noise scale $\eta \ge 0$ (see above; may be traced).
+    - `final_denoise`: end with $x = D(x, t_{last})$, the step to $\sigma = 0$.
+    - `snr`, `corrector_steps`, `axis_name`: the Langevin corrector of
+      `"pc_langevin"` (Song et al.'s defaults: $r = 0.16$, one step).
+    - `adjoint`: for `"euler_maruyama"`, as in `odelab.solve_sde`; the other samplers
+      are `lax.scan` loops (checkpointed per step) differentiated directly.
+
+    **Returns:** the sample, shaped like `x_t`.
+
+    **Raises:** `ValueError` for an unknown `sampler` or `prediction`, `steps < 1`,
+    `eta < 0` (or `eta > 1` with `"ddim_eta"`), `snr <= 0` or `corrector_steps < 0`;
+    `TypeError` for a non-floating `x_t`.
+
+    **Example:**
+
+    ```python
+    keys = jax.random.split(key, 8)
+    x0 = jax.vmap(lambda k, x: sample_sde(eps_model, x, VPLinear(), key=k,
+                                         sampler="sde_dpmpp_2m", steps=50))(keys, noise)
+    ```
+
+    **References:** Y. Song et al., arXiv:2011.13456 (Euler–Maruyama, Algorithms
+    4–5); J. Song, C. Meng, S. Ermon, arXiv:2010.02502, eq. (12); C. Lu et al.,
+    arXiv:2211.01095 (SDE-DPM-Solver++).
+    """
+    if sampler not in SDE_SAMPLERS:
+        raise ValueError(
+            f"unknown sampler {sampler!r}; valid: {', '.join(SDE_SAMPLERS)}."
+        )
+    if isinstance(grid, str) and steps < 1:
+        raise ValueError(f"`steps` must be at least 1, got {steps}.")
+    if sampler == "ddim_eta":
+        _check_eta(eta, at_most=1.0, sampler=sampler)
+    else:
+        _check_eta(eta)
+    if sampler == "pc_langevin":
+        if not isinstance(snr, jax.core.Tracer) and not float(snr) > 0:
+            raise ValueError(f"`snr` must be positive, got {snr}.")
+        if corrector_steps < 0:
+            raise ValueError(f"`corrector_steps` must be >= 0, got {corrector_steps}.")
+    denoiser = to_denoiser(model, prediction, schedule)
+    x = jnp.asarray(x_t)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"`x_t` must be a floating array, got dtype {x.dtype}.")
+    times = jnp.asarray(time_grid(schedule, steps, grid)).astype(x.dtype)
+    cond = tuple(cond)
+    if times.shape[0] > 1:
+        if sampler == "euler_maruyama":
+            x = _euler_maruyama(denoiser, schedule, x, times, cond, key, eta, adjoint)
+        elif sampler == "pc_langevin":
+            options = (snr, corrector_steps, axis_name)
+            x = _pc_langevin(denoiser, schedule, x, times, cond, key, eta, options)
+        elif sampler == "ddim_eta":
+            x = _ddim_eta(denoiser, schedule, x, times, cond, key, eta)
+        else:
+            x = _sde_dpmpp_2m(denoiser, schedule, x, times, cond, key, eta)
+    if final_denoise:
+        x = denoiser(x, times[-1], *cond)
+    return x
