@@ -4,11 +4,11 @@ Problem (issue #6): an 8-D mixture of 8 Gaussians (means from N(0, 4I), componen
 0.3, equal weights; NumPy seed 0), DDPM's discrete schedule (1000 steps, β linear
 1e-4…0.02), 2000 samples from one fixed x_T (seed 1). The model is the mixture's exact
 noise prediction, so every error is the sampler's. Reference: the exact probability-
-flow map from t = 999 to σ = 0, solved with 2000 ETDRK4 steps in s = -λ down to
-λ = 12 and then denoised (agreement with 1000 steps is printed; it is ~1e-5).
+flow map from t = 999 to σ = 0, solved in float64 with 2000 ETDRK4 steps in s = -λ
+down to λ = 12 and then denoised (agreement with 1000 steps is printed).
 
-For NFE ∈ {5, 10, 20, 50}: RMSE = sqrt(mean over samples of the squared Euclidean
-error), the median per-sample error, the real NFE and the wall time of the whole batch
+For NFE ∈ {5, 10, 20, 50}: RMSE over samples and coordinates (the issue's figures for
+diffusers are reproduced with it), the median over samples of the per-sample RMS error, the real NFE and the wall time of the whole batch
 (median of `--repeats`; compile time separate), for every odelab sampler and grid and,
 with the `peers` extra, diffusers' schedulers on the same torch-written model in the
 same process (DDIM, DPMSolverMultistep 2M/3M, DPMSolverSinglestep, UniPC, DEIS,
@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..diffusion import VPDiscrete
+from ..diffusion import VPDiscrete, time_grid
 from ..diffusion.analytic import GaussianMixture
-from ..diffusion.sampling import SAMPLERS, probability_flow_term, sample, to_denoiser
+from ..diffusion.sampling import SAMPLERS, probability_flow_term, sample
 from ..solvers import ETDRK4
 from ..solvers.nfe import nfe_costs
 from ._common import block, median, print_table, write_json
@@ -45,6 +45,9 @@ ODELAB = [
     ("unipc3", "unipc", {"order": 3}),
     ("exponential_adams2", "exponential_adams2", {}),
     ("exponential_adams3", "exponential_adams3", {}),
+    ("dpmpp_2s", "dpmpp_2s", {}),
+    ("dpm_solver_2", "dpm_solver_2", {}),
+    ("dpm_solver_3", "dpm_solver_3", {}),
     ("etdrk2", "etdrk2", {}),
     ("etdrk4", "etdrk4", {}),
 ]
@@ -56,7 +59,20 @@ COUNTERPART = {
     "unipc3": ("unipc3", "linspace"),
 }
 """odelab row → (diffusers scheduler, its default timestep spacing)."""
-GRIDS = ("logsnr", "karras", "time_quadratic")
+GRIDS = ("logsnr", "karras", "time_quadratic", "time_quadratic_to_lambda2")
+"""odelab's own grids, t = 999 → t = 0 (index), then the final denoise; the last one
+ends at λ = 2 instead (σ/α = 0.135), where the final denoise's error is ~0.026
+and the steps saved go to the middle of the range (the best of a scan of grid
+families and end points at NFE 10, see the README)."""
+
+
+def _grid(sched, grid, steps):
+    if grid == "time_quadratic_to_lambda2":
+        t_end = float(sched.t_of_lambda(2.0))
+        return time_grid(sched, steps, "time_quadratic", t_end=t_end)
+    return grid
+
+
 PEERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "dpm_singlestep", "unipc", "unipc3", "deis")
 PEERS_SIGMA = ("euler", "heun")
 
@@ -82,37 +98,47 @@ def _model(params, sched):
     return lambda x, t: mix.eps(x, t, sched)
 
 
-def exact_flow_map(model, sched, x_t, steps: int = 2000, lam_end: float = 12.0):
-    """x_T at t_max → σ = 0: ETDRK4 in s = -λ to λ = `lam_end`, then denoise."""
+def exact_flow_map(params, sched, x_t, steps: int = 2000, lam_end: float = 12.0):
+    """x_T at t_max → σ = 0 in float64: ETDRK4 in s = -λ down to λ = `lam_end`, then
+    the denoiser (what is left is O(σ²) there, ~1e-10)."""
     import diffrax
 
-    denoiser = to_denoiser(model, "eps", sched)
-    term = probability_flow_term(denoiser, sched)
-    s0 = -sched.lam(jnp.asarray(sched.t_max, jnp.float32))
-    s1 = jnp.asarray(-lam_end, jnp.float32)
-
-    @jax.jit
-    @jax.vmap
-    def flow(x):
-        sol = diffrax.diffeqsolve(
-            term,
-            ETDRK4(),
-            s0,
-            s1,
-            (s1 - s0) / steps,
-            x / sched.alpha(jnp.asarray(sched.t_max, jnp.float32)),
-            (),
-            max_steps=steps + 1,
+    with jax.enable_x64(True):
+        means, stds, weights = params
+        mix = GaussianMixture(
+            jnp.asarray(means, jnp.float64),
+            jnp.asarray(stds, jnp.float64),
+            jnp.asarray(weights, jnp.float64),
         )
-        t_end = sched.t_of_lambda(jnp.asarray(lam_end, jnp.float32))
-        return denoiser(sched.alpha(t_end) * sol.ys[-1], t_end)
+        denoiser = lambda x, t: mix.denoiser(x, t, sched)  # noqa: E731
+        term = probability_flow_term(denoiser, sched)
+        t_max = jnp.asarray(sched.t_max, jnp.float64)
+        s0, s1 = -sched.lam(t_max), jnp.asarray(-lam_end, jnp.float64)
 
-    return np.asarray(flow(jnp.asarray(x_t)))
+        @jax.jit
+        @jax.vmap
+        def flow(x):
+            sol = diffrax.diffeqsolve(
+                term,
+                ETDRK4(),
+                s0,
+                s1,
+                (s1 - s0) / steps,
+                x / sched.alpha(t_max),
+                (),
+                max_steps=steps + 1,
+            )
+            t_end = sched.t_of_lambda(-s1)
+            return denoiser(sched.alpha(t_end) * sol.ys[-1], t_end)
+
+        return np.asarray(flow(jnp.asarray(x_t, jnp.float64)))
 
 
 def _errors(x, ref):
-    per = np.linalg.norm(np.asarray(x, np.float64) - ref, axis=-1)
-    return float(np.sqrt(np.mean(per**2))), float(np.median(per))
+    """RMSE over samples and coordinates, and the median over samples of each
+    sample's RMS error over its coordinates (the same scale)."""
+    sq = (np.asarray(x, np.float64) - ref) ** 2
+    return float(np.sqrt(np.mean(sq))), float(np.median(np.sqrt(np.mean(sq, -1))))
 
 
 def _fit_steps(sampler, options, nfe, diffusers_grid):
@@ -272,8 +298,8 @@ def run(
     params, x_t, acp = problem(samples)
     sched = VPDiscrete(acp)
     model = _model(params, sched)
-    ref = exact_flow_map(model, sched, x_t).astype(np.float64)
-    check = exact_flow_map(model, sched, x_t, steps=1000)
+    ref = exact_flow_map(params, sched, x_t)
+    check = exact_flow_map(params, sched, x_t, steps=1000)
     ref_err = _errors(check, ref)[0]
     print(f"reference: 2000 vs 1000 ETDRK4 steps differ by RMSE {ref_err:.2e}")
     rows = _odelab_rows(model, sched, x_t, ref, repeats)

@@ -11,10 +11,12 @@ DDIM with η > 0, SDE-DPM-Solver++(2M)).
 
 from . import (
     analytic as analytic,
+    inversion as inversion,
     sampling as sampling,
     schedules as schedules,
     sde as sde,
 )
+from .inversion import invert as invert
 from .sampling import sample as sample, to_denoiser as to_denoiser
 from .schedules import (
     EDM as EDM,

@@ -52,7 +52,15 @@ import jax.numpy as jnp
 
 from .. import solve
 from .._fixed_step import fixed_step_solve
-from ..solvers import ETDRK2, ETDRK4, ExponentialAdams, ExponentialEuler, UniPC
+from ..solvers import (
+    ETDRK2,
+    ETDRK4,
+    ExponentialAdams,
+    ExponentialEuler,
+    ExponentialMidpoint,
+    ExponentialRK3,
+    UniPC,
+)
 from ..terms import SemilinearTerm
 from .schedules import (
     DIFFUSERS_GRIDS,
@@ -73,6 +81,8 @@ class Preset(NamedTuple):
     lower_order_final: str
     """When the last steps drop order (diffusers' rule): "never", "short" (fewer
     than 15 model evaluations in all) or "always"."""
+    space: str = "data"
+    """The coordinates (`probability_flow_term`): "data" or "noise"."""
 
 
 def _fixed(cls):
@@ -107,12 +117,20 @@ SAMPLERS: dict[str, Preset] = {
         "short",
     ),
     "unipc": Preset(_unipc, 2, "always"),
+    "dpmpp_2s": Preset(_fixed(ExponentialMidpoint), 2, "never"),
+    "dpmpp_3s": Preset(_fixed(ExponentialRK3), 3, "never"),
+    "dpm_solver_1": Preset(_fixed(ExponentialEuler), 1, "never", "noise"),
+    "dpm_solver_2": Preset(_fixed(ExponentialMidpoint), 2, "never", "noise"),
+    "dpm_solver_3": Preset(_fixed(ExponentialRK3), 3, "never", "noise"),
 }
 """Sampler names. `dpmpp_2m`/`dpmpp_3m` are DPM-Solver++(2M)/(3M) (lower-order
 warm-up; `sampler_options=dict(second_order="phi")` gives the "heun" form), `unipc`
 is UniPC-bh2 with its corrector (`sampler_options`: `order` 1–3, `variant`
 "bh1"/"bh2", `corrector`); the exponential-Adams presets start with one ETDRK4 step
-instead (4 evaluations, full order from the start)."""
+instead (4 evaluations, full order from the start). The singlestep DPM-Solvers
+(Lu et al. 2022): `dpm_solver_1/2/3` in noise coordinates (`dpm_solver_1` is DDIM),
+`dpmpp_2s`/`dpmpp_3s` the same tableaux in data coordinates (2 and 3 evaluations per
+step)."""
 
 
 def to_denoiser(model: Callable, prediction: str, schedule: AbstractSchedule):
@@ -189,6 +207,33 @@ def probability_flow_term(
     return SemilinearTerm(jnp.asarray(1.0 if space == "data" else -1.0), nonlinear)
 
 
+def solve_on_grid(denoiser, schedule, x, times, cond, solver, adjoint, space="data"):
+    """Carry `x` along the probability-flow ODE over `times` (either direction: a
+    decreasing grid samples, an increasing one inverts) with `solver` taking exactly
+    the grid's steps; returns $x$ at `times[-1]`."""
+    term = probability_flow_term(denoiser, schedule, space)
+    s_grid = -schedule.lam(times)
+    scale = schedule.alpha if space == "data" else schedule.sigma
+    y0 = x / scale(times[0])
+    if isinstance(adjoint, str) and adjoint == "checkpoint":
+        # The grid is fixed: scan the solver's own step over it (#2's lean path,
+        # checkpointed per step: the discrete gradients of diffeqsolve on StepTo).
+        n = s_grid.shape[0] - 1
+        ys, _ = fixed_step_solve(term, solver, y0, tuple(cond), s_grid, None, (n,))
+    else:
+        ys = solve(
+            term,
+            y0,
+            jnp.stack([s_grid[0], s_grid[-1]]),
+            tuple(cond),
+            solver=solver,
+            stepsize_controller=diffrax.StepTo(ts=s_grid),
+            adjoint=adjoint,
+            max_steps=s_grid.shape[0],
+        ).ys
+    return scale(times[-1]) * ys[-1]
+
+
 def sample(
     model: Callable,
     x_t,
@@ -203,7 +248,7 @@ def sample(
     final_denoise: bool | None = None,
     lower_order_final: bool | None = None,
     sampler_options: dict | None = None,
-    space: str = "data",
+    space: str | None = None,
 ):
     r"""Solve the probability-flow ODE from noise `x_t` (at the grid's first time) to
     data (the grid's last time, or $\sigma = 0$ with `final_denoise`); returns $x$.
@@ -228,9 +273,9 @@ def sample(
     - `lower_order_final`: drop the order of the last steps as diffusers does
       (default: the preset's rule, `Preset.lower_order_final`).
     - `sampler_options`: keyword arguments for the preset's solver.
-    - `space`: `"data"` (the multistep history is of the denoiser: DPM-Solver++,
-      UniPC's default) or `"noise"` (of the noise prediction: DPM-Solver, DEIS);
-      see `probability_flow_term`.
+    - `space`: `"data"` (the solver's nonlinearity is the denoiser: DPM-Solver++,
+      UniPC's default) or `"noise"` (the noise prediction: DPM-Solver, DEIS); see
+      `probability_flow_term`. Default: the preset's (`"data"` for a diffrax solver).
 
     **Example:**
 
@@ -255,6 +300,8 @@ def sample(
             )
     elif options:
         raise ValueError("`sampler_options` apply to named samplers only.")
+    if space is None:
+        space = SAMPLERS[sampler].space if isinstance(sampler, str) else "data"
     diffusers_grid = isinstance(grid, str) and grid in DIFFUSERS_GRIDS
     times = time_grid(
         schedule,
@@ -287,28 +334,7 @@ def sample(
     denoiser = to_denoiser(model, prediction, schedule)
     x = x_t
     if n_ode > 0:
-        term = probability_flow_term(denoiser, schedule, space)
-        s_grid = -schedule.lam(times)
-        scale = schedule.alpha if space == "data" else schedule.sigma
-        y0 = x_t / scale(times[0])
-        if isinstance(adjoint, str) and adjoint == "checkpoint":
-            # The grid is fixed: scan the solver's own step over it (#2's lean path,
-            # checkpointed per step; the discrete gradients of diffeqsolve on StepTo).
-            ys, _ = fixed_step_solve(
-                term, solver, y0, tuple(cond), s_grid, None, (n_ode,)
-            )
-        else:
-            ys = solve(
-                term,
-                y0,
-                jnp.stack([s_grid[0], s_grid[-1]]),
-                tuple(cond),
-                solver=solver,
-                stepsize_controller=diffrax.StepTo(ts=s_grid),
-                adjoint=adjoint,
-                max_steps=s_grid.shape[0],
-            ).ys
-        x = scale(times[-1]) * ys[-1]
+        x = solve_on_grid(denoiser, schedule, x_t, times, cond, solver, adjoint, space)
     if final_denoise:
         x = denoiser(x, times[-1], *cond)
     return x

@@ -8,6 +8,8 @@ from .exponential import (
     AbstractExponentialRK as AbstractExponentialRK,
     ExponentialAdams as ExponentialAdams,
     ExponentialEuler as ExponentialEuler,
+    ExponentialMidpoint as ExponentialMidpoint,
+    ExponentialRK3 as ExponentialRK3,
     LawsonRK4 as LawsonRK4,
 )
 from .nfe import (

@@ -164,6 +164,94 @@ class ETDRK2(AbstractExponentialRK, diffrax.AbstractAdaptiveSolver):
         return _lin((1.0, a), (1.0, correction)), correction
 
 
+class ExponentialMidpoint(AbstractExponentialRK):
+    r"""Exponential midpoint (two stages, $c_2 = \tfrac12$, weight $\varphi_1$ on the
+    midpoint only):
+
+    $a = \varphi_{0,\frac12} u_n + \tfrac h2 \varphi_{1,\frac12} N_u$,
+    $u_{n+1} = \varphi_0 u_n + h\varphi_1 N(t_n + \tfrac h2, a)$. Order 2 (for
+    non-stiff $L$; ETDRK2 keeps order 2 for stiff $L$ too).
+
+    In `odelab.diffusion`'s data coordinates this is DPM-Solver++(2S), in its noise
+    coordinates DPM-Solver-2 (Lu et al. 2022, Alg. 1 with $r_1 = \tfrac12$).
+    """
+
+    def order(self, terms):
+        return 2
+
+    def nfe_costs(self):
+        return (0, 2, 2)
+
+    def _coefficients(self, term, h):
+        e, p1 = term.phis(h, 1)
+        eh, p1h = term.phis(0.5 * h, 1)
+        h = jnp.asarray(h, e.dtype)
+        return e, h * p1, eh, 0.5 * h * p1h
+
+    def _update(self, term, coeffs, t, h, u, args):
+        e, hp1, eh, hp1h = coeffs
+        ap = term.apply_phi
+        n_u = term.nonlinear(t, u, args)
+        a = _lin((1.0, ap(eh, u)), (1.0, ap(hp1h, n_u)))
+        n_a = term.nonlinear(t + 0.5 * h, a, args)
+        return _lin((1.0, ap(e, u)), (1.0, ap(hp1, n_a))), None
+
+
+class ExponentialRK3(AbstractExponentialRK):
+    r"""Three-stage exponential Runge–Kutta with nodes $r_1 = \tfrac13$,
+    $r_2 = \tfrac23$ (DPM-Solver-3's tableau):
+
+    $a = \varphi_0(r_1 hL) u + r_1 h\varphi_1(r_1 hL) N_u$,
+    $b = \varphi_0(r_2 hL) u + r_2 h\varphi_1(r_2 hL) N_u + \frac{r_2}{r_1}
+    r_2 h \varphi_2(r_2 hL)(N_a - N_u)$,
+    $u_{n+1} = \varphi_0 u + h\varphi_1 N_u + \frac{1}{r_2} h\varphi_2 (N_b - N_u)$.
+
+    Order 3. In `odelab.diffusion`'s noise coordinates it is DPM-Solver-3, in its data
+    coordinates the singlestep DPM-Solver++(3S) (Lu et al. 2022, Alg. 2; 2211.01095).
+    """
+
+    def order(self, terms):
+        return 3
+
+    def nfe_costs(self):
+        return (0, 3, 3)
+
+    def _coefficients(self, term, h):
+        r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+        e, p1, p2 = term.phis(h, 2)
+        e1, p11 = term.phis(r1 * h, 1)
+        e2, p21, p22 = term.phis(r2 * h, 2)
+        h = jnp.asarray(h, e.dtype)
+        return (
+            e,
+            h * p1,
+            h * p2 / r2,
+            e1,
+            r1 * h * p11,
+            e2,
+            r2 * h * p21,
+            (r2 / r1) * r2 * h * p22,
+        )
+
+    def _update(self, term, coeffs, t, h, u, args):
+        e, hp1, hp2, e1, a1, e2, b1, b2 = coeffs
+        ap = term.apply_phi
+        n_u = term.nonlinear(t, u, args)
+        a = _lin((1.0, ap(e1, u)), (1.0, ap(a1, n_u)))
+        n_a = term.nonlinear(t + h / 3.0, a, args)
+        b = _lin(
+            (1.0, ap(e2, u)),
+            (1.0, ap(b1, n_u)),
+            (1.0, ap(b2, _lin((1.0, n_a), (-1.0, n_u)))),
+        )
+        n_b = term.nonlinear(t + 2.0 * h / 3.0, b, args)
+        return _lin(
+            (1.0, ap(e, u)),
+            (1.0, ap(hp1, n_u)),
+            (1.0, ap(hp2, _lin((1.0, n_b), (-1.0, n_u)))),
+        ), None
+
+
 class ETDRK4(AbstractExponentialRK):
     r"""Cox–Matthews ETDRK4 (as written by Kassam & Trefethen):
 

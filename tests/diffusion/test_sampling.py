@@ -43,24 +43,39 @@ def test_one_ddim_step_is_the_textbook_formula():
 
 @pytest.mark.x64
 @pytest.mark.parametrize(
-    "sampler, order",
+    "sampler, order, kw",
     [
-        ("ddim", 1),
-        ("etdrk2", 2),
-        ("etdrk4", 4),
-        ("exponential_adams2", 2),
-        ("exponential_adams3", 3),
+        ("ddim", 1, {}),
+        ("etdrk2", 2, {}),
+        ("etdrk4", 4, {}),
+        ("exponential_adams2", 2, {}),
+        ("exponential_adams3", 3, {}),
+        ("dpmpp_2m", 2, {}),
+        ("dpmpp_2s", 2, {}),
+        ("dpmpp_3s", 3, {}),
+        ("dpm_solver_1", 1, {}),
+        ("dpm_solver_2", 2, {}),
+        ("dpm_solver_3", 3, {}),
+        # UniPC-2 with its corrector is third order (measured without diffusers'
+        # lower-order final step, whose cost shows only at finer grids).
+        ("unipc", 3, {"lower_order_final": False}),
+        ("unipc", 2, {"sampler_options": {"corrector": False}}),
+        # DPM-Solver++(3M) as diffusers writes it is second order (module notes).
+        ("dpmpp_3m", 2, {}),
     ],
 )
-def test_sampler_orders_on_the_analytic_mixture(sampler, order):
+def test_sampler_orders_on_the_analytic_mixture(sampler, order, kw):
     sched, mix = VPLinear(), _mixture()
     model = lambda x, t: mix.eps(x, t, sched)  # noqa: E731
     x_t = jax.random.normal(jax.random.key(1), (2,), jnp.float64)
     exact = sample(model, x_t, sched, sampler="etdrk4", steps=2000)
     measured, _ = convergence_order(
-        lambda n: sample(model, x_t, sched, sampler=sampler, steps=int(n)),
+        lambda n: sample(model, x_t, sched, sampler=sampler, steps=int(n), **kw),
         exact,
-        np.asarray([10, 20, 40, 80]),
+        # The singlestep third-order tableau leaves its pre-asymptotic range later.
+        np.asarray(
+            [20, 40, 80, 160] if sampler == "dpm_solver_3" else [10, 20, 40, 80]
+        ),
     )
     assert abs(measured - order) <= ORDER_SLACK, measured
 

@@ -14,6 +14,8 @@ from odelab.solvers import (
     RK4,
     ExponentialAdams,
     ExponentialEuler,
+    ExponentialMidpoint,
+    ExponentialRK3,
     LawsonRK4,
 )
 from odelab.terms import SemilinearTerm
@@ -52,6 +54,8 @@ def _term(kind):
 ORDERS = [
     (ExponentialEuler(), 1, [20, 40, 80, 160]),
     (ETDRK2(), 2, [20, 40, 80, 160]),
+    (ExponentialMidpoint(), 2, [20, 40, 80, 160]),
+    (ExponentialRK3(), 3, [10, 20, 40, 80]),
     (ETDRK4(), 4, [10, 20, 40, 80]),
     (ETDRK4B(), 4, [10, 20, 40, 80]),
     (LawsonRK4(), 4, [10, 20, 40, 80]),
@@ -82,6 +86,7 @@ def test_convergence_order(solver, order, counts, kind):
     [
         (ExponentialEuler(), diffrax.Euler()),
         (ETDRK2(), diffrax.Heun()),
+        (ExponentialMidpoint(), diffrax.Midpoint()),
         (ETDRK4(), RK4()),
         (ETDRK4B(), RK4()),
         (LawsonRK4(), RK4()),
@@ -134,6 +139,8 @@ def test_stiff_linear_part_is_stable_where_rk4_blows_up(solver, accurate):
     [
         ExponentialEuler(),
         ETDRK2(),
+        ExponentialMidpoint(),
+        ExponentialRK3(),
         ETDRK4(),
         ETDRK4B(),
         LawsonRK4(),
