@@ -156,40 +156,44 @@ def _fit_steps(sampler, options, nfe, diffusers_grid):
     return best
 
 
-def _odelab_rows(model, sched, x_t, ref, repeats):
+def _odelab_rows(model, sched, x_t, ref, repeats, only, nfes, grids_only):
     rows = []
     xs = jnp.asarray(x_t)
     for name, sampler, options in ODELAB:
+        if only is not None and name not in only:
+            continue
         grids = ([COUNTERPART[name][1]] if name in COUNTERPART else []) + list(GRIDS)
+        if grids_only is not None:
+            grids = [g for g in grids if g in grids_only]
         for grid in grids:
             diffusers_grid = grid in ("linspace", "leading", "trailing")
-            for nfe in NFES:
+            for nfe in nfes:
                 fit = _fit_steps(sampler, options, nfe, diffusers_grid)
                 if fit is None:
                     continue
                 steps, real = fit
-                try:
-                    fn = jax.jit(
-                        jax.vmap(
-                            lambda x, sampler=sampler, grid=grid, steps=steps, options=options: (
-                                sample(
-                                    model,
-                                    x,
-                                    sched,
-                                    sampler=sampler,
-                                    steps=steps,
-                                    grid=grid,
-                                    final_denoise=True,
-                                    sampler_options=options,
-                                )
-                            )
-                        )
-                    )
-                    start = time.perf_counter()
-                    out = block(fn(xs))
-                    compile_s = time.perf_counter() - start
-                except ValueError:  # e.g. fewer steps than the order
+                if steps < options.get("order", SAMPLERS[sampler].order):
                     continue
+                grid_arg = _grid(sched, grid, steps)
+
+                def run_one(
+                    x, sampler=sampler, grid_arg=grid_arg, steps=steps, options=options
+                ):
+                    return sample(
+                        model,
+                        x,
+                        sched,
+                        sampler=sampler,
+                        steps=steps,
+                        grid=grid_arg,
+                        final_denoise=True,
+                        sampler_options=options,
+                    )
+
+                fn = jax.jit(jax.vmap(run_one))
+                start = time.perf_counter()
+                out = block(fn(xs))
+                compile_s = time.perf_counter() - start
                 times = []
                 for _ in range(repeats):
                     start = time.perf_counter()
@@ -211,7 +215,7 @@ def _odelab_rows(model, sched, x_t, ref, repeats):
     return rows
 
 
-def _diffusers_rows(params, acp, x_t, ref, repeats):
+def _diffusers_rows(params, acp, x_t, ref, repeats, only, nfes):
     try:
         import diffusers  # noqa: F401
         import torch
@@ -224,7 +228,9 @@ def _diffusers_rows(params, acp, x_t, ref, repeats):
     eps = _diffusers.torch_mixture_eps(*params, acp)
     rows = []
     for name in PEERS + PEERS_SIGMA:
-        for nfe in NFES:
+        if only is not None and name not in only:
+            continue
+        for nfe in nfes:
             # Heun evaluates twice per step but its `steps` counts steps.
             steps = (nfe + 1) // 2 if name == "heun" else nfe
             times, out, real = [], None, None
@@ -293,8 +299,16 @@ def _summary(rows):
 
 
 def run(
-    repeats: int = 3, samples: int = 2000, peers: bool = True, out_dir="runs/bench"
+    repeats: int = 3,
+    samples: int = 2000,
+    peers: bool = True,
+    out_dir="runs/bench",
+    plot_path=None,
+    only=None,
+    nfes=NFES,
+    grids=None,
 ):
+    """Run the benchmark (module notes); `only`, `nfes`, `grids` restrict it (tests)."""
     params, x_t, acp = problem(samples)
     sched = VPDiscrete(acp)
     model = _model(params, sched)
@@ -302,9 +316,9 @@ def run(
     check = exact_flow_map(params, sched, x_t, steps=1000)
     ref_err = _errors(check, ref)[0]
     print(f"reference: 2000 vs 1000 ETDRK4 steps differ by RMSE {ref_err:.2e}")
-    rows = _odelab_rows(model, sched, x_t, ref, repeats)
+    rows = _odelab_rows(model, sched, x_t, ref, repeats, only, nfes, grids)
     if peers:
-        rows += _diffusers_rows(params, acp, x_t, ref, repeats)
+        rows += _diffusers_rows(params, acp, x_t, ref, repeats, only, nfes)
     rows.sort(key=lambda r: (r["family"], r["sampler"], r["grid"], r["nfe"]))
     print_table(
         rows,
@@ -326,7 +340,7 @@ def run(
         print(line)
     payload = {
         "benchmark": "samplers",
-        "config": dict(samples=samples, repeats=repeats, nfes=NFES),
+        "config": dict(samples=samples, repeats=repeats, nfes=list(nfes)),
         "reference_rmse_2000_vs_1000": ref_err,
         "rows": rows,
         "summary": values,
@@ -337,7 +351,50 @@ def run(
         },
     }
     write_json("samplers", payload, out_dir)
+    if plot_path is not False:
+        plot(payload, plot_path or f"{out_dir}/samplers.png")
     return payload
+
+
+def plot(payload: dict, path: str) -> None:
+    """Error against NFE: diffusers' schedulers (dashed) and odelab's counterparts on
+    the same grid plus its best grid per sampler (solid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = payload["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "unipc3", "deis"):
+        pts = sorted(
+            (r["nfe"], r["rmse"])
+            for r in rows
+            if r["family"] == "diffusers" and r["sampler"] == name
+        )
+        if pts:
+            ax.loglog(*zip(*pts), "--", marker="o", ms=3, label=f"diffusers {name}")
+    for name, grid in (
+        ("unipc3", "time_quadratic_to_lambda2"),
+        ("unipc3", "time_quadratic"),
+        ("dpmpp_3m", "time_quadratic_to_lambda2"),
+    ):
+        pts = sorted(
+            (r["nfe"], r["rmse"])
+            for r in rows
+            if r["family"] == "odelab" and r["sampler"] == name and r["grid"] == grid
+        )
+        if pts:
+            ax.loglog(*zip(*pts), "-", marker="s", ms=4, label=f"odelab {name}, {grid}")
+    ax.axhline(0.08, color="grey", lw=0.8)
+    ax.set_xlabel("model evaluations (NFE)")
+    ax.set_ylabel("RMSE vs exact flow map")
+    ax.set_title("8-D mixture of 8 Gaussians, DDPM schedule (odelab bench samplers)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def main(argv=None):

@@ -264,6 +264,8 @@ def sample(
     - `steps`, `grid`: the time grid (`time_grid`'s kinds, or an array of times). With
       diffusers' grids (`"linspace"`, `"leading"`, `"trailing"`) `steps` counts model
       evaluations, as in diffusers: `steps - 1` ODE steps, then the final denoise.
+      `"ddim"` on `"leading"` uses DDIMScheduler's timesteps, every other pair the
+      multistep schedulers' (DDIMScheduler's own `"linspace"` is not a time grid).
     - `cond`: extra arguments for `model` (a tuple; e.g. class labels).
     - `adjoint`: as in `odelab.solve` (gradients flow to `x_t`, `cond` and arrays in
       `model`).
@@ -303,11 +305,15 @@ def sample(
     if space is None:
         space = SAMPLERS[sampler].space if isinstance(sampler, str) else "data"
     diffusers_grid = isinstance(grid, str) and grid in DIFFUSERS_GRIDS
+    # DDIMScheduler's "leading" differs from the multistep schedulers' (ratio N//steps,
+    # ends at 0). Its "linspace" is not a grid at all (diffusers_timesteps), so DDIM
+    # on "linspace" takes the multistep grid: DPMSolverMultistep with order 1.
+    convention = "ddim" if sampler == "ddim" and grid == "leading" else "multistep"
     times = time_grid(
         schedule,
         steps,
         grid,
-        convention="ddim" if sampler == "ddim" else "multistep",
+        convention=convention,
     )
     if final_denoise is None:
         final_denoise = diffusers_grid
@@ -318,7 +324,7 @@ def sample(
             steps,
             grid,
             num_train_timesteps=schedule.size,
-            scheduler="ddim" if sampler == "ddim" else "multistep",
+            scheduler=convention,
         )[-1]
         if last > 0:
             times = jnp.concatenate([times, schedule.time_of_index(jnp.zeros(1))])
