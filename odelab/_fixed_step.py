@@ -61,7 +61,9 @@ def save_indices(grid: np.ndarray, ts: np.ndarray, dtype) -> tuple[int, ...] | N
     return tuple(int(j) for j in nearest)
 
 
-def fixed_step_solve(terms, solver, y0, args, grid, ts, index, step_of=None):
+def fixed_step_solve(
+    terms, solver, y0, args, grid, ts, index, step_of=None, return_state=False
+):
     """Integrate over `grid` with `solver` and return `(ys, result)` at `ts`.
 
     **Arguments:**
@@ -96,7 +98,7 @@ def fixed_step_solve(terms, solver, y0, args, grid, ts, index, step_of=None):
         saved = dense_info if interpolate else y1
         return (y1, state), (saved if static else (saved, step_result))
 
-    (_, _), out = jax.lax.scan(body, (y0, state0), t_pairs)
+    (_, final_state), out = jax.lax.scan(body, (y0, state0), t_pairs)
     if all(static_success):
         result = diffrax.RESULTS.successful
     else:
@@ -105,9 +107,11 @@ def fixed_step_solve(terms, solver, y0, args, grid, ts, index, step_of=None):
     if not interpolate:
         idx = np.asarray(index)
         if np.all(idx > 0):
-            return jtu.tree_map(lambda a: a[idx - 1], out), result
-        all_ys = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y0, out)
-        return jtu.tree_map(lambda a: a[idx], all_ys), result
+            ys = jtu.tree_map(lambda a: a[idx - 1], out)
+        else:
+            all_ys = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y0, out)
+            ys = jtu.tree_map(lambda a: a[idx], all_ys)
+        return (ys, result, final_state) if return_state else (ys, result)
 
     if step_of is None:
         step_of = steps_holding(grid, ts, xp=jnp)
@@ -119,7 +123,8 @@ def fixed_step_solve(terms, solver, y0, args, grid, ts, index, step_of=None):
         interp = solver.interpolation_cls(t0=grid[j], t1=grid[j + 1], **info)
         return interp.evaluate(t)
 
-    return jax.vmap(evaluate)(ts, step_of), result
+    ys = jax.vmap(evaluate)(ts, step_of)
+    return (ys, result, final_state) if return_state else (ys, result)
 
 
 def steps_holding(grid, ts, xp=np):

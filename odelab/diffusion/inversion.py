@@ -5,8 +5,12 @@ walked from its data end to its noise end with the same solver, so with `"ddim"`
 DDIM inversion (Song et al.; Mokady et al., "Null-text inversion"), each step using the
 model at the step's start. An explicit solver run backwards is not the inverse of the
 same solver run forwards, so `sample(invert(x)) = x` only up to the solver's error,
-$O(h^p)$; `round_trip_error` measures it. Exact inversion needs an algebraically
-reversible sampler (BDIA, EDICT; not yet here, see `odelab.diffusion.sampling`).
+$O(h^p)$; `round_trip_error` measures it.
+
+Exact inversion needs an algebraically reversible sampler: `x, state =
+sample(..., sampler="bdia", return_state=True)` and `invert(..., sampler="bdia",
+state=state)` undo the sampler's steps one by one with its `backward_step`, recovering
+the noise to round-off (BDIA-DDIM needs the last two states, which `state` carries).
 
 **References:** J. Song, C. Meng, S. Ermon, "Denoising Diffusion Implicit Models",
 ICLR 2021 (§4.3: the ODE can be encoded); R. Mokady et al., "Null-text Inversion for
@@ -15,9 +19,18 @@ Editing Real Images using Guided Diffusion Models", CVPR 2023.
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 
-from .sampling import SAMPLERS, sample, solve_on_grid, to_denoiser
+from ..solvers import is_reversible
+from .sampling import (
+    SAMPLERS,
+    coordinate_scale,
+    probability_flow_term,
+    sample,
+    solve_on_grid,
+    to_denoiser,
+)
 from .schedules import DIFFUSERS_GRIDS, AbstractSchedule, time_grid
 
 
@@ -34,11 +47,14 @@ def invert(
     adjoint="checkpoint",
     sampler_options: dict | None = None,
     space: str | None = None,
+    state=None,
 ):
     r"""Map data `x_0` (at the grid's data end) to noise at its noise end by solving the
     probability-flow ODE upwards on the reversed grid. Arguments as for `sample`
     (diffusers' grids, which end in a denoising step that cannot be inverted, are
-    refused)."""
+    refused). With `state` (from `sample(..., return_state=True)` with the same
+    reversible sampler, grid and model), the sampler's own steps are undone exactly
+    instead."""
     if isinstance(grid, str) and grid in DIFFUSERS_GRIDS:
         raise ValueError(
             f"the diffusers grid {grid!r} ends with a step to sigma = 0, which no ODE "
@@ -52,13 +68,45 @@ def invert(
                 "diffrax solver."
             )
         preset = SAMPLERS[sampler]
-        solver = preset.make(None, **options)
         space = preset.space if space is None else space
+        if preset.scaled:
+            options["scale"] = coordinate_scale(schedule, space)
+        solver = preset.make(None, **options)
     else:
         solver, space = sampler, space or "data"
-    times = time_grid(schedule, steps, grid)[::-1]
+    times = time_grid(schedule, steps, grid)
     denoiser = to_denoiser(model, prediction, schedule)
-    return solve_on_grid(denoiser, schedule, x_0, times, cond, solver, adjoint, space)
+    if state is None:
+        return solve_on_grid(
+            denoiser, schedule, x_0, times[::-1], cond, solver, adjoint, space
+        )
+    if not is_reversible(solver):
+        raise ValueError(
+            f"exact inversion with `state` needs a reversible sampler (e.g. 'bdia'); "
+            f"{type(solver).__name__} has no backward step."
+        )
+    return _undo_steps(denoiser, schedule, x_0, times, cond, solver, space, state)
+
+
+def _undo_steps(denoiser, schedule, x, times, cond, solver, space, state):
+    """Run `solver.backward_step` over the sampling grid `times` from its end."""
+    term = probability_flow_term(denoiser, schedule, space)
+    s_grid = -schedule.lam(times)
+    scale = schedule.alpha if space == "data" else schedule.sigma
+    n = s_grid.shape[0] - 1
+    s_prev = jnp.concatenate([s_grid[:1], s_grid[:-2]])  # step k starts after k - 1
+
+    def body(carry, k):
+        y1, st = carry
+        y0, st0 = solver.backward_step(
+            term, s_prev[k], s_grid[k], s_grid[k + 1], y1, tuple(cond), st, k == 0
+        )
+        return (y0, st0), None
+
+    (y0, _), _ = jax.lax.scan(
+        body, (x / scale(times[-1]), state), jnp.arange(n - 1, -1, -1)
+    )
+    return scale(times[0]) * y0
 
 
 def round_trip_error(model, x_0, schedule, **kwargs):

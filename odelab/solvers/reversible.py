@@ -11,6 +11,7 @@ All of them are `diffrax.AbstractSolver`s, usable in `diffrax.diffeqsolve` and
 """
 
 import abc
+from collections.abc import Callable
 from typing import ClassVar
 
 import diffrax
@@ -18,6 +19,8 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import jax.tree_util as jtu
+
+from .exponential import ExponentialEuler, _unwrap
 
 
 def _axpy(*pairs):
@@ -105,12 +108,23 @@ class BDIA(AbstractReversibleSolver):
 
     Fixed steps (no error estimate). Dense output: linear between step ends.
 
+    The paper's $\gamma_{paper}$ weighs the other way: $\gamma = 1 - \gamma_{paper}$
+    (its $\gamma_{paper} = 1$ is DDIM, $0$ the leapfrog rule).
+
+    `scale`: combine the states in the coordinates $u = w(t) z$ instead of $z$ (the
+    increments are still the base method's in $z$). `odelab.diffusion` solves in
+    $\tilde x = x/\alpha$ and sets $w = \alpha$, so that the combination happens in
+    $x$ as in the paper. Algebraically this is the update above with
+    $\gamma' = \gamma\, w(t_{n-1})/w(t_{n+1})$ in place of $\gamma$. With an
+    `ExponentialEuler` base (as with `Euler`) both increments share one evaluation.
+
     **Reference:** G. Zhang, J. P. Lewis, W. B. Kleijn, "Exact Diffusion Inversion via
     Bi-directional Integration Approximation", ECCV 2024, arXiv:2307.10829.
     """
 
     base: diffrax.AbstractSolver = diffrax.Euler()
     gamma: float = 1.0
+    scale: Callable | None = None
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.LocalLinearInterpolation
@@ -133,7 +147,27 @@ class BDIA(AbstractReversibleSolver):
         dtype = jnp.result_type(*jtu.tree_leaves(y0))
         return (y0, jnp.asarray(t0, dtype), jnp.zeros((), dtype))
 
+    def _gamma(self, terms, t_prev, t1, dtype):
+        if self.scale is None:
+            return self.gamma
+        # diffeqsolve hands a backwards solve negated times (WrapTerm).
+        _, d = _unwrap(terms)
+        return (self.gamma * self.scale(d * t_prev) / self.scale(d * t1)).astype(dtype)
+
     def _increments(self, terms, t_prev, t0, t1, z, args):
+        if type(self.base) is ExponentialEuler:
+            term, direction = _unwrap(terms)
+            n = term.nonlinear(direction * t0, z, args)
+
+            def increment(t_to):
+                h = direction * (t_to - t0)
+                e, hp1 = ExponentialEuler()._coefficients(term, h)
+                ez = term.apply_phi(e, z)
+                return jtu.tree_map(
+                    lambda a, b, c: a + b - c, ez, term.apply_phi(hp1, n), z
+                )
+
+            return increment(t1), increment(t_prev)
         if type(self.base) is diffrax.Euler:
             f = terms.vf(t0, z, args)
             return terms.prod(f, terms.contr(t0, t1)), terms.prod(
@@ -150,7 +184,7 @@ class BDIA(AbstractReversibleSolver):
         # backward increment (over an empty interval) is multiplied by zero.
         t_prev = jnp.where(started > 0, t_prev, t0)
         forward, backward = self._increments(terms, t_prev, t0, t1, y0, args)
-        g = self.gamma * started
+        g = self._gamma(terms, t_prev, t1, started.dtype) * started
         y1 = _axpy((g, z_prev), (1.0 - g, y0), (-g, backward), (1.0, forward))
         dense_info = dict(y0=y0, y1=y1)
         state = (y0, jnp.asarray(t0, started.dtype), jnp.ones_like(started))
@@ -161,7 +195,7 @@ class BDIA(AbstractReversibleSolver):
         dtype = jnp.result_type(*jtu.tree_leaves(y1))
         t_prev_safe = jnp.where(first, t0, t_prev)
         forward, backward = self._increments(terms, t_prev_safe, t0, t1, z0, args)
-        g = self.gamma
+        g = self._gamma(terms, t_prev_safe, t1, dtype)
         z_prev = _axpy(
             (1.0 / g, y1),
             (-(1.0 - g) / g, z0),
@@ -178,7 +212,7 @@ class BDIA(AbstractReversibleSolver):
         return terms.vf(t0, y0, args)
 
     def nfe_costs(self):
-        if type(self.base) is diffrax.Euler:
+        if type(self.base) in (diffrax.Euler, ExponentialEuler):
             return (0, 1, 1)
         return None
 
