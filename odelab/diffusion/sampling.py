@@ -23,11 +23,11 @@ orders 1–3, with corrector) reproduce diffusers' schedulers to float32 round-o
 timestep grids (`grid="linspace"|"leading"|"trailing"`, final step to σ = 0), and
 `etdrk2`, `etdrk4` and the exponential Adams methods (exact φ-function weights) are
 odelab's own. `space="noise"` solves in $z = x/\sigma$ instead (DPM-Solver's noise-
-prediction family). Stochastic samplers live in `odelab.diffusion.sde`. Not yet here:
-BDIA and EDICT sampling in $x$ (their papers combine states in $x$, not $\tilde x$:
-the generic `odelab.solvers.BDIA`/`EDICT` over DDIM in these coordinates are different
-methods, and EDICT's generic form is unstable on this ODE), singlestep DPM-Solver,
-DEIS, EDM Heun and rectified-flow solvers.
+prediction family). Stochastic samplers live in `odelab.diffusion.sde`. BDIA and
+EDICT (`"bdia"`, `"edict"`) combine states in $x$ as their papers do: the reversible
+solvers take the coordinate scale $\alpha$ (over DDIM in $x/\alpha$ without it they
+are different methods, and EDICT an unstable one). Not yet here: DEIS, EDM Heun,
+rectified-flow solvers, momentum, mixed and MRS samplers.
 
 Two findings from matching diffusers 0.42: its DPM-Solver++(3M) weights the second
 divided difference by $h\varphi_3$ where the exact integral of the quadratic needs
@@ -54,6 +54,7 @@ from .. import solve
 from .._fixed_step import fixed_step_solve
 from ..solvers import (
     BDIA,
+    EDICT,
     ETDRK2,
     ETDRK4,
     ExponentialAdams,
@@ -116,6 +117,10 @@ def _bdia(steps_to_end=None, gamma=0.0, scale=None):
     return BDIA(ExponentialEuler(), 1.0 - gamma, scale=scale)
 
 
+def _edict(steps_to_end=None, p=0.93, scale=None):
+    return EDICT(ExponentialEuler(), p, scale=scale)
+
+
 SAMPLERS: dict[str, Preset] = {
     "ddim": Preset(_fixed(ExponentialEuler), 1, "never"),
     "etdrk2": Preset(_fixed(ETDRK2), 2, "never"),
@@ -137,6 +142,7 @@ SAMPLERS: dict[str, Preset] = {
     "dpm_solver_2": Preset(_fixed(ExponentialMidpoint), 2, "never", "noise"),
     "dpm_solver_3": Preset(_fixed(ExponentialRK3), 3, "never", "noise"),
     "bdia": Preset(_bdia, 1, "never", "data", scaled=True),
+    "edict": Preset(_edict, 1, "never", "data", scaled=True),
 }
 """Sampler names. `dpmpp_2m`/`dpmpp_3m` are DPM-Solver++(2M)/(3M) (lower-order
 warm-up; `sampler_options=dict(second_order="phi")` gives the "heun" form), `unipc`
@@ -150,7 +156,9 @@ in $x$, exactly invertible (`sample(..., return_state=True)`, then `invert(...,
 state=...)`). `sampler_options=dict(gamma=...)` takes the paper's γ ∈ [0, 1); the
 default 0 (the leapfrog rule in $x$) is second order and inverts 50 float32 steps to
 4e-6, while γ = 0.5 is first order and its inverse amplifies round-off by about
-$2^n$ over $n$ steps (measured: useless beyond ~20 steps in float32)."""
+$2^n$ over $n$ steps (measured: useless beyond ~20 steps in float32). `edict` is
+EDICT (Wallace et al.) over DDIM, two model evaluations per step, mixing `p` (default
+0.93), exactly invertible the same way."""
 
 
 def to_denoiser(model: Callable, prediction: str, schedule: AbstractSchedule):

@@ -380,12 +380,21 @@ class EDICT(AbstractReversibleSolver):
     cross-evaluation). On the probability-flow ODE in DDIM's coordinates (issue #6)
     the Euler base is the DDIM step of the paper.
 
+    `scale`: the paper evaluates the second increment at $(t_n, \tilde x)$ in $x$,
+    although $\tilde x$ is a state at $t_{n+1}$. In coordinates $z = x/w(t)$ (as
+    `odelab.diffusion`'s $\tilde x = x/\alpha$) that point is $c\,\tilde x$ with
+    $c = w(t_{n+1})/w(t_n)$: with `scale=w` the second increment is
+    $\Psi_h(t_n, c\tilde x)$, which makes the update the paper's in $x$. (Without it,
+    EDICT over DDIM in $x/\alpha$ is a different method, and on a diffusion model an
+    unstable one: RMSE 1.3 against 0.069 with it, 50 steps, p = 0.93.)
+
     **Reference:** B. Wallace, A. Gokul, N. Naik, "EDICT: Exact Diffusion Inversion
     via Coupled Transformations", CVPR 2023, arXiv:2211.12446.
     """
 
     base: diffrax.AbstractSolver = diffrax.Euler()
     p: float = 0.93
+    scale: Callable | None = None
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.LocalLinearInterpolation
@@ -404,6 +413,14 @@ class EDICT(AbstractReversibleSolver):
     def init(self, terms, t0, t1, y0, args):
         return y0
 
+    def _shift(self, terms, t0, t1, u):
+        # The state at t1 as the base method sees it from t0 (see `scale`).
+        if self.scale is None:
+            return u
+        _, d = _unwrap(terms)
+        c = self.scale(d * t1) / self.scale(d * t0)
+        return jtu.tree_map(lambda a: (c * a).astype(a.dtype), u)
+
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del made_jump
         x0, partner0 = y0, solver_state
@@ -411,9 +428,10 @@ class EDICT(AbstractReversibleSolver):
         x_tilde = _axpy(
             (1.0, x0), (1.0, _increment(self.base, terms, t0, t1, partner0, args)[0])
         )
+        shifted = self._shift(terms, t0, t1, x_tilde)
         y_tilde = _axpy(
             (1.0, partner0),
-            (1.0, _increment(self.base, terms, t0, t1, x_tilde, args)[0]),
+            (1.0, _increment(self.base, terms, t0, t1, shifted, args)[0]),
         )
         x1 = _axpy((p, x_tilde), (1.0 - p, y_tilde))
         partner1 = _axpy((p, y_tilde), (1.0 - p, x1))
@@ -426,9 +444,10 @@ class EDICT(AbstractReversibleSolver):
         p = self.p
         y_tilde = jtu.tree_map(lambda a, b: (a - (1.0 - p) * b) / p, partner1, x1)
         x_tilde = jtu.tree_map(lambda a, b: (a - (1.0 - p) * b) / p, x1, y_tilde)
+        shifted = self._shift(terms, t0, t1, x_tilde)
         partner0 = _axpy(
             (1.0, y_tilde),
-            (-1.0, _increment(self.base, terms, t0, t1, x_tilde, args)[0]),
+            (-1.0, _increment(self.base, terms, t0, t1, shifted, args)[0]),
         )
         x0 = _axpy(
             (1.0, x_tilde),
@@ -440,7 +459,7 @@ class EDICT(AbstractReversibleSolver):
         return terms.vf(t0, y0, args)
 
     def nfe_costs(self):
-        if type(self.base) is diffrax.Euler:
+        if type(self.base) in (diffrax.Euler, ExponentialEuler):
             return (0, 2, 2)
         return None
 

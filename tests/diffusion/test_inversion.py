@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from odelab.diffusion import VPDiscrete, VPLinear, invert, sample
+from odelab.diffusion import VPDiscrete, VPLinear, invert, sample, time_grid
 from odelab.diffusion.analytic import GaussianMixture, gaussian_flow_map
 from odelab.diffusion.inversion import round_trip_error
 from tests.helpers import ORDER_SLACK, check_grad, estimate_order
@@ -158,3 +158,62 @@ def test_exact_inversion_errors():
     x, state = sample(model, jnp.ones(2), sched, sampler="bdia", return_state=True)
     with pytest.raises(ValueError, match="reversible sampler"):
         invert(model, x, sched, sampler="ddim", state=state)
+
+
+def _edict_setup():
+    sched = VPDiscrete.ddpm_linear()
+    mix = GaussianMixture.random(jax.random.key(0), components=4, dim=8)
+    model = lambda x, t: mix.eps(x, t, sched)  # noqa: E731
+    x_t = jax.random.normal(jax.random.key(1), (16, 8))
+    kw = dict(sampler="edict", steps=50, grid="time_quadratic")
+    return sched, model, x_t, kw
+
+
+def test_edict_is_the_papers_update_in_x():
+    # Wallace et al.: x' = a x + b eps(y, t), y' = a y + b eps(x', t), then mixing,
+    # with a, b the DDIM coefficients in x. odelab runs it in x/alpha with `scale`.
+    sched, model, x_t, kw = _edict_setup()
+    grid = time_grid(sched, 50, "time_quadratic")
+
+    def by_hand(x, p=0.93):
+        y = x
+        for i in range(50):
+            t, tn = grid[i], grid[i + 1]
+            a = sched.alpha(tn) / sched.alpha(t)
+            b = sched.sigma(tn) - sched.alpha(tn) * sched.sigma(t) / sched.alpha(t)
+            xi = a * x + b * model(y, t)
+            yi = a * y + b * model(xi, t)
+            x = p * xi + (1 - p) * yi
+            y = p * yi + (1 - p) * x
+        return x
+
+    want = jax.jit(jax.vmap(by_hand))(x_t)
+    got = jax.jit(jax.vmap(lambda x: sample(model, x, sched, **kw)))(x_t)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
+def _edict_round_trip():
+    sched, model, x_t, kw = _edict_setup()
+    x0, state = jax.jit(
+        jax.vmap(lambda x: sample(model, x, sched, return_state=True, **kw))
+    )(x_t)
+    back = jax.jit(jax.vmap(lambda x, s: invert(model, x, sched, state=s, **kw)))(
+        x0, state
+    )
+    return np.abs(np.asarray(back - x_t))
+
+
+def test_edict_round_trip_to_float32_round_off():
+    # Inverting the mixing divides by p twice per step: round-off grows like
+    # p^(-2n) = 0.93^-100 ~ 1400 ulps here. Measured: median 3.6e-6, max 1.7e-5.
+    err = _edict_round_trip()
+    assert np.median(err) <= 1e-5 and err.max() <= 3e-5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #6 asks <= 1e-5 for EDICT's float32 50-step round trip; the max "
+    "error is 1.7e-5 (p^-2n round-off growth, p = 0.93)",
+)
+def test_edict_round_trip_meets_the_issue_target():
+    assert _edict_round_trip().max() <= 1e-5
