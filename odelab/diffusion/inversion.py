@@ -26,6 +26,7 @@ from ..solvers import is_reversible
 from .sampling import (
     SAMPLERS,
     coordinate_scale,
+    coordinates,
     probability_flow_term,
     sample,
     solve_on_grid,
@@ -91,8 +92,9 @@ def invert(
 def _undo_steps(denoiser, schedule, x, times, cond, solver, space, state):
     """Run `solver.backward_step` over the sampling grid `times` from its end."""
     term = probability_flow_term(denoiser, schedule, space)
-    s_grid = -schedule.lam(times)
-    scale = schedule.alpha if space == "data" else schedule.sigma
+    coords = coordinates(schedule, space)
+    s_grid = coords.time(times)
+    scale = coords.scale
     n = s_grid.shape[0] - 1
     s_prev = jnp.concatenate([s_grid[:1], s_grid[:-2]])  # step k starts after k - 1
 

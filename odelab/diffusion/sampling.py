@@ -141,6 +141,10 @@ SAMPLERS: dict[str, Preset] = {
     "dpm_solver_1": Preset(_fixed(ExponentialEuler), 1, "never", "noise"),
     "dpm_solver_2": Preset(_fixed(ExponentialMidpoint), 2, "never", "noise"),
     "dpm_solver_3": Preset(_fixed(ExponentialRK3), 3, "never", "noise"),
+    "heun_edm": Preset(_fixed(diffrax.Heun), 2, "never", "sigma"),
+    "euler": Preset(_fixed(diffrax.Euler), 1, "never", "time"),
+    "heun": Preset(_fixed(diffrax.Heun), 2, "never", "time"),
+    "rf_solver": Preset(_fixed(diffrax.Midpoint), 2, "never", "time"),
     "bdia": Preset(_bdia, 1, "never", "data", scaled=True),
     "edict": Preset(_edict, 1, "never", "data", scaled=True),
 }
@@ -158,7 +162,11 @@ default 0 (the leapfrog rule in $x$) is second order and inverts 50 float32 step
 4e-6, while γ = 0.5 is first order and its inverse amplifies round-off by about
 $2^n$ over $n$ steps (measured: useless beyond ~20 steps in float32). `edict` is
 EDICT (Wallace et al.) over DDIM, two model evaluations per step, mixing `p` (default
-0.93), exactly invertible the same way."""
+0.93), exactly invertible the same way. `heun_edm` is Heun's method on Karras et al.'s
+ODE in σ̄ = σ/α (EDM's deterministic sampler; use the `"karras"`
+grid and `final_denoise=True` for its last Euler step to σ = 0); `euler`, `heun` and
+`rf_solver` (RF-Solver-2 of Wang et al. 2024, which is the explicit midpoint rule) step
+the flow velocity dx/dt in t, as flow-matching samplers do."""
 
 
 def to_denoiser(model: Callable, prediction: str, schedule: AbstractSchedule):
@@ -209,37 +217,99 @@ def dynamic_thresholding(denoiser: Callable, percentile: float = 0.995):
     return thresholded
 
 
+SPACES = ("data", "noise", "sigma", "time")
+
+
+class Coordinates(NamedTuple):
+    """How a `space` maps (t, x) to the solver's (u, y): `u = time(t)`,
+    `t = t_of(u)`, `x = scale(t) * y`."""
+
+    time: Callable
+    t_of: Callable
+    scale: Callable
+
+
+def coordinates(schedule: AbstractSchedule, space: str) -> Coordinates:
+    """The coordinates of `space` (see `probability_flow_term`)."""
+    if space not in SPACES:
+        raise ValueError(f"unknown space {space!r}; valid: {', '.join(SPACES)}.")
+    if space in ("data", "noise"):
+        return Coordinates(
+            lambda t: -schedule.lam(t),
+            lambda u: schedule.t_of_lambda(-u),
+            schedule.alpha if space == "data" else schedule.sigma,
+        )
+    if space == "sigma":
+        return Coordinates(
+            lambda t: jnp.exp(-schedule.lam(t)),
+            lambda u: schedule.t_of_lambda(-jnp.log(u)),
+            schedule.alpha,
+        )
+    return Coordinates(lambda t: t, lambda u: u, lambda t: jnp.ones_like(t))
+
+
 def probability_flow_term(
     denoiser: Callable, schedule: AbstractSchedule, space: str = "data"
 ):
-    r"""The probability-flow ODE as a `SemilinearTerm` in $s = -\lambda$.
+    r"""The probability-flow ODE as a diffrax term in the coordinates of `space`.
 
-    - `space="data"`: state $\tilde x = x/\alpha$, `SemilinearTerm(1, N)` with
-      $N = -D(\alpha\tilde x, t)$ (DPM-Solver++, UniPC with data prediction);
-    - `space="noise"`: state $z = x/\sigma$, `SemilinearTerm(-1, N)` with
-      $N = \hat\varepsilon(\sigma z, t) = (x - \alpha D)/\sigma$ (DPM-Solver,
-      DEIS, UniPC with noise prediction): from $\tilde x = D + e^{s}\hat\varepsilon$,
-      $dz/ds = -z + \hat\varepsilon$.
+    - `"data"`: state $\tilde x = x/\alpha$, time $s = -\lambda$,
+      `SemilinearTerm(1, N)` with $N = -D(\alpha\tilde x, t)$ (DPM-Solver++, UniPC with
+      data prediction);
+    - `"noise"`: state $z = x/\sigma$, time $s$, `SemilinearTerm(-1, N)` with
+      $N = \hat\varepsilon(\sigma z, t) = (x - \alpha D)/\sigma$ (DPM-Solver, DEIS,
+      UniPC with noise prediction): from $\tilde x = D + e^{s}\hat\varepsilon$,
+      $dz/ds = -z + \hat\varepsilon$;
+    - `"sigma"`: state $\tilde x$, time $\bar\sigma = \sigma/\alpha$, the `ODETerm`
+      $d\tilde x/d\bar\sigma = (\tilde x - D)/\bar\sigma$ (Karras et al.'s EDM ODE;
+      Euler there is DDIM, Heun is EDM's sampler);
+    - `"time"`: state $x$, time $t$, the `ODETerm` $dx/dt = \dot\alpha D +
+      \dot\sigma\hat\varepsilon$ (a flow model's velocity; for rectified flow Euler
+      there is DDIM again, and the midpoint rule is RF-Solver-2).
 
-    $t = t(\lambda = -s)$. Exponential Euler is DDIM in both."""
-    if space not in ("data", "noise"):
-        raise ValueError(f"`space` must be 'data' or 'noise', got {space!r}.")
+    In the first two, exponential Euler is DDIM."""
+    coords = coordinates(schedule, space)
 
-    def nonlinear(s, y, cond):
-        t = schedule.t_of_lambda(-s)
-        if space == "data":
+    def eps_hat(x, t, cond):
+        d = denoiser(x, t, *cond)
+        return d, (x - schedule.alpha(t) * d) / schedule.sigma(t)
+
+    if space == "data":
+
+        def nonlinear(u, y, cond):
+            t = coords.t_of(u)
             return -denoiser(schedule.alpha(t) * y, t, *cond)
-        x = schedule.sigma(t) * y
-        return (x - schedule.alpha(t) * denoiser(x, t, *cond)) / schedule.sigma(t)
 
-    return SemilinearTerm(jnp.asarray(1.0 if space == "data" else -1.0), nonlinear)
+        return SemilinearTerm(jnp.asarray(1.0), nonlinear)
+    if space == "noise":
+
+        def nonlinear(u, y, cond):
+            t = coords.t_of(u)
+            return eps_hat(schedule.sigma(t) * y, t, cond)[1]
+
+        return SemilinearTerm(jnp.asarray(-1.0), nonlinear)
+    if space == "sigma":
+
+        def vf(u, y, cond):
+            t = coords.t_of(u)
+            return (y - denoiser(schedule.alpha(t) * y, t, *cond)) / u
+
+        return diffrax.ODETerm(vf)
+
+    def velocity(t, x, cond):
+        d, e = eps_hat(x, t, cond)
+        d_alpha = jax.jvp(schedule.alpha, (t,), (jnp.ones_like(t),))[1]
+        d_sigma = jax.jvp(schedule.sigma, (t,), (jnp.ones_like(t),))[1]
+        return d_alpha * d + d_sigma * e
+
+    return diffrax.ODETerm(velocity)
 
 
 def coordinate_scale(schedule: AbstractSchedule, space: str = "data"):
-    r"""$w(s)$ with $x = w(s)\,y$ for the state $y$ of `probability_flow_term`:
-    $\alpha(t(-s))$ in data coordinates, $\sigma(t(-s))$ in noise coordinates."""
-    scale = schedule.alpha if space == "data" else schedule.sigma
-    return lambda s: scale(schedule.t_of_lambda(-s))
+    r"""$w(u)$ with $x = w(u)\,y$ for the solver's time $u$ and state $y$ in `space`
+    (what the reversible samplers combine states with)."""
+    coords = coordinates(schedule, space)
+    return lambda u: coords.scale(coords.t_of(u))
 
 
 def solve_on_grid(
@@ -258,8 +328,9 @@ def solve_on_grid(
     the grid's steps; returns $x$ at `times[-1]` (and, with `return_state`, the
     solver's final state)."""
     term = probability_flow_term(denoiser, schedule, space)
-    s_grid = -schedule.lam(times)
-    scale = schedule.alpha if space == "data" else schedule.sigma
+    coords = coordinates(schedule, space)
+    s_grid = coords.time(times)
+    scale = coords.scale
     y0 = x / scale(times[0])
     if return_state or (isinstance(adjoint, str) and adjoint == "checkpoint"):
         # The grid is fixed: scan the solver's own step over it (#2's lean path,

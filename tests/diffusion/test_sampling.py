@@ -62,6 +62,10 @@ def test_one_ddim_step_is_the_textbook_formula():
         ("unipc", 2, {"sampler_options": {"corrector": False}}),
         # DPM-Solver++(3M) as diffusers writes it is second order (module notes).
         ("dpmpp_3m", 2, {}),
+        ("heun_edm", 2, {}),
+        ("euler", 1, {}),
+        ("heun", 2, {}),
+        ("rf_solver", 2, {}),
     ],
 )
 def test_sampler_orders_on_the_analytic_mixture(sampler, order, kw):
@@ -157,3 +161,25 @@ def test_bad_input_is_named():
         sample(model, x, sched, sampler="exponential_adams3", steps=2)
     with pytest.raises(ValueError, match="unknown grid"):
         sample(model, x, sched, grid="linear")
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("schedule", [RectifiedFlow(), VPLinear(), EDM()], ids=repr)
+def test_ddim_is_euler_in_sigma_and_for_flows_euler_in_t(schedule):
+    import diffrax
+
+    mix = _mixture()
+    model = lambda x, t: mix.eps(x, t, schedule)  # noqa: E731
+    x_t = jnp.array([0.3, -0.8]) * schedule.sigma(schedule.t_max)
+    kw = dict(steps=10, grid="uniform_t")
+    ddim = sample(model, x_t, schedule, sampler="ddim", **kw)
+    euler_sigma = sample(
+        model, x_t, schedule, sampler=diffrax.Euler(), space="sigma", **kw
+    )
+    np.testing.assert_allclose(euler_sigma, ddim, rtol=1e-12, atol=1e-12)
+    flow_euler = sample(model, x_t, schedule, sampler="euler", **kw)
+    if isinstance(schedule, VPLinear):
+        # VP: x/alpha is not the flow's state, and the two differ at first order.
+        assert float(jnp.max(jnp.abs(flow_euler - ddim))) > 1e-3
+    else:
+        np.testing.assert_allclose(flow_euler, ddim, rtol=1e-12, atol=1e-12)
