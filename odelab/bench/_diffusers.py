@@ -26,10 +26,15 @@ SCHEDULERS = {
     "unipc3": ("UniPCMultistepScheduler", {"solver_order": 3}),
     "dpm_singlestep": ("DPMSolverSinglestepScheduler", {"solver_order": 2}),
     "deis": ("DEISMultistepScheduler", {"solver_order": 3}),
+    "deis2": ("DEISMultistepScheduler", {"solver_order": 2}),
     "euler": ("EulerDiscreteScheduler", {}),
     "heun": ("HeunDiscreteScheduler", {}),
 }
 """diffusers schedulers by the name of odelab's counterpart (where it has one)."""
+
+ENDS_AT_SIGMA_MIN = ("unipc_bh1", "deis", "deis2")
+"""Those whose last step goes to the table's first entry rather than to σ = 0 (DEIS
+always; UniPC-bh1 as configured above)."""
 
 
 def torch_mixture_eps(means, stds, weights, alphas_cumprod):

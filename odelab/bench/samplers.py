@@ -43,6 +43,7 @@ ODELAB = [
     ("dpmpp_3m", "dpmpp_3m", {}),
     ("unipc", "unipc", {}),
     ("unipc3", "unipc", {"order": 3}),
+    ("deis", "deis", {}),
     ("exponential_adams2", "exponential_adams2", {}),
     ("exponential_adams3", "exponential_adams3", {}),
     ("dpmpp_2s", "dpmpp_2s", {}),
@@ -57,6 +58,7 @@ COUNTERPART = {
     "dpmpp_3m": ("dpmpp_3m", "linspace"),
     "unipc": ("unipc", "linspace"),
     "unipc3": ("unipc3", "linspace"),
+    "deis": ("deis", "linspace"),
 }
 """odelab row → (diffusers scheduler, its default timestep spacing)."""
 GRIDS = ("logsnr", "karras", "time_quadratic", "time_quadratic_to_lambda2")
@@ -176,8 +178,15 @@ def _odelab_rows(model, sched, x_t, ref, repeats, only, nfes, grids_only):
                     continue
                 grid_arg = _grid(sched, grid, steps)
 
+                final = None if diffusers_grid else True
+
                 def run_one(
-                    x, sampler=sampler, grid_arg=grid_arg, steps=steps, options=options
+                    x,
+                    sampler=sampler,
+                    grid_arg=grid_arg,
+                    steps=steps,
+                    options=options,
+                    final=final,
                 ):
                     return sample(
                         model,
@@ -186,7 +195,7 @@ def _odelab_rows(model, sched, x_t, ref, repeats, only, nfes, grids_only):
                         sampler=sampler,
                         steps=steps,
                         grid=grid_arg,
-                        final_denoise=True,
+                        final_denoise=final,
                         sampler_options=options,
                     )
 

@@ -88,14 +88,18 @@ class Preset(NamedTuple):
     scaled: bool = False
     """`make` takes `scale=`, the map from solver state to x (reversible samplers
     that combine states in x)."""
+    final: str = "zero"
+    """Where diffusers' counterpart ends on its own grids: "zero" (a final step to
+    σ = 0, i.e. `final_denoise`) or "sigma_min" (a last step to the table's first
+    entry)."""
 
 
 def _fixed(cls):
     return lambda steps_to_end=None, **options: cls(**options)
 
 
-def _adams(order, **preset):
-    def make(steps_to_end=None, **options):
+def _adams(default_order, **preset):
+    def make(steps_to_end=None, order=default_order, **options):
         return ExponentialAdams(
             order, steps_to_end=steps_to_end, **{**preset, **options}
         )
@@ -141,6 +145,9 @@ SAMPLERS: dict[str, Preset] = {
     "dpm_solver_1": Preset(_fixed(ExponentialEuler), 1, "never", "noise"),
     "dpm_solver_2": Preset(_fixed(ExponentialMidpoint), 2, "never", "noise"),
     "dpm_solver_3": Preset(_fixed(ExponentialRK3), 3, "never", "noise"),
+    "deis": Preset(
+        _adams(3, start="lower_order"), 3, "short", "noise", final="sigma_min"
+    ),
     "heun_edm": Preset(_fixed(diffrax.Heun), 2, "never", "sigma"),
     "euler": Preset(_fixed(diffrax.Euler), 1, "never", "time"),
     "heun": Preset(_fixed(diffrax.Heun), 2, "never", "time"),
@@ -166,7 +173,10 @@ EDICT (Wallace et al.) over DDIM, two model evaluations per step, mixing `p` (de
 ODE in σ̄ = σ/α (EDM's deterministic sampler; use the `"karras"`
 grid and `final_denoise=True` for its last Euler step to σ = 0); `euler`, `heun` and
 `rf_solver` (RF-Solver-2 of Wang et al. 2024, which is the explicit midpoint rule) step
-the flow velocity dx/dt in t, as flow-matching samplers do."""
+the flow velocity dx/dt in t, as flow-matching samplers do. `deis` is DEIS (tAB in
+log ρ, Zhang & Chen 2023) as diffusers writes it: the exponential Adams method with
+exact φ weights in noise coordinates, lower-order warm-up, order 3 (or
+`sampler_options=dict(order=2)`), ending at the table's first entry."""
 
 
 def to_denoiser(model: Callable, prediction: str, schedule: AbstractSchedule):
@@ -440,8 +450,10 @@ def sample(
         convention=convention,
     )
     if final_denoise is None:
-        final_denoise = diffusers_grid
-    elif diffusers_grid and not final_denoise:
+        final_denoise = diffusers_grid and not (
+            isinstance(sampler, str) and SAMPLERS[sampler].final == "sigma_min"
+        )
+    if diffusers_grid and not final_denoise:
         # diffusers' final_sigmas_type="sigma_min": the last step goes to the table's
         # first entry (index 0, t_min) instead of to sigma = 0.
         last = diffusers_timesteps(

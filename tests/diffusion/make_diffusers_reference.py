@@ -29,6 +29,8 @@ CASES = [
     ],
     *[("unipc_bh1", "unipc_bh1", "linspace", n) for n in (5, 10)],
     *[("unipc3", "unipc3", "linspace", n) for n in (5, 10, 20)],
+    *[("deis", "deis", sp, n) for sp in ("linspace", "trailing") for n in (5, 10, 20)],
+    *[("deis2", "deis2", "linspace", n) for n in (5, 10)],
 ]
 
 
@@ -50,10 +52,7 @@ def main():
         out[f"case{i}"] = x0
         names.append(f"{ours}|{spacing}|{steps}")
     out["final_denoise"] = np.array(
-        [
-            _diffusers.SCHEDULERS[c[1]][1].get("final_sigmas_type") != "sigma_min"
-            for c in CASES
-        ]
+        [c[1] not in _diffusers.ENDS_AT_SIGMA_MIN for c in CASES]
     )
     out["cases"] = np.array(names)
     out["diffusers_version"] = np.array(diffusers.__version__)

@@ -24,6 +24,7 @@ CASES = [tuple(c.split("|")) for c in REF["cases"]]
 OPTIONS = {
     "unipc_bh1": ("unipc", {"variant": "bh1"}),
     "unipc3": ("unipc", {"order": 3}),
+    "deis2": ("deis", {"order": 2}),
 }
 
 
