@@ -24,8 +24,7 @@ import jax.numpy as jnp
 
 from ..solvers import is_reversible
 from .sampling import (
-    SAMPLERS,
-    coordinate_scale,
+    build_sampler,
     coordinates,
     probability_flow_term,
     sample,
@@ -61,20 +60,7 @@ def invert(
             f"the diffusers grid {grid!r} ends with a step to sigma = 0, which no ODE "
             "step can invert; use 'logsnr', 'time_quadratic', ... or an array."
         )
-    options = dict(sampler_options or {})
-    if isinstance(sampler, str):
-        if sampler not in SAMPLERS:
-            raise ValueError(
-                f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}, or a "
-                "diffrax solver."
-            )
-        preset = SAMPLERS[sampler]
-        space = preset.space if space is None else space
-        if preset.scaled:
-            options["scale"] = coordinate_scale(schedule, space)
-        solver = preset.make(None, **options)
-    else:
-        solver, space = sampler, space or "data"
+    solver, space = build_sampler(sampler, schedule, sampler_options, space)
     times = time_grid(schedule, steps, grid)
     denoiser = to_denoiser(model, prediction, schedule)
     if state is None:

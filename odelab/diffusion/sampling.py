@@ -322,6 +322,36 @@ def coordinate_scale(schedule: AbstractSchedule, space: str = "data"):
     return lambda u: coords.scale(coords.t_of(u))
 
 
+def preset_of(sampler, sampler_options=None) -> Preset | None:
+    """The `Preset` of a sampler name (`None` for a diffrax solver); clear errors for an
+    unknown name or options given with a solver object."""
+    if not isinstance(sampler, str):
+        if sampler_options:
+            raise ValueError("`sampler_options` apply to named samplers only.")
+        return None
+    if sampler not in SAMPLERS:
+        raise ValueError(
+            f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}, or a "
+            "diffrax solver."
+        )
+    return SAMPLERS[sampler]
+
+
+def build_sampler(
+    sampler, schedule, sampler_options=None, space=None, steps_to_end=None
+):
+    """`(solver, space)` for a sampler name or solver: the preset's solver with its
+    options (and, for samplers that combine states in x, the coordinate scale)."""
+    preset = preset_of(sampler, sampler_options)
+    if preset is None:
+        return sampler, space or "data"
+    space = preset.space if space is None else space
+    options = dict(sampler_options or {})
+    if preset.scaled:
+        options["scale"] = coordinate_scale(schedule, space)
+    return preset.make(steps_to_end, **options), space
+
+
 def solve_on_grid(
     denoiser,
     schedule,
@@ -420,24 +450,14 @@ def sample(
                 sampler="dpmpp_2m")
     ```
     """
-    options = dict(sampler_options or {})
-    if isinstance(sampler, str):
-        if sampler not in SAMPLERS:
-            raise ValueError(
-                f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}, or a "
-                "diffrax solver."
-            )
-        preset = SAMPLERS[sampler]
-        order = options.get("order", preset.order)
+    preset = preset_of(sampler, sampler_options)
+    if preset is not None:
+        order = (sampler_options or {}).get("order", preset.order)
         if steps < order:
             raise ValueError(
                 f"sampler {sampler!r} is of order {order} and needs steps >= {order}, "
                 f"got steps={steps}."
             )
-    elif options:
-        raise ValueError("`sampler_options` apply to named samplers only.")
-    if space is None:
-        space = SAMPLERS[sampler].space if isinstance(sampler, str) else "data"
     diffusers_grid = isinstance(grid, str) and grid in DIFFUSERS_GRIDS
     # DDIMScheduler's "leading" differs from the multistep schedulers' (ratio N//steps,
     # ends at 0). Its "linspace" is not a grid at all (diffusers_timesteps), so DDIM
@@ -451,7 +471,7 @@ def sample(
     )
     if final_denoise is None:
         final_denoise = diffusers_grid and not (
-            isinstance(sampler, str) and SAMPLERS[sampler].final == "sigma_min"
+            preset is not None and preset.final == "sigma_min"
         )
     if diffusers_grid and not final_denoise:
         # diffusers' final_sigmas_type="sigma_min": the last step goes to the table's
@@ -465,16 +485,13 @@ def sample(
         if last > 0:
             times = jnp.concatenate([times, schedule.time_of_index(jnp.zeros(1))])
     n_ode = times.shape[0] - 1
-    if isinstance(sampler, str):
-        total = n_ode + int(final_denoise)
-        if lower_order_final is None:
-            rule = preset.lower_order_final
-            lower_order_final = rule == "always" or (rule == "short" and total < 15)
-        if preset.scaled:
-            options["scale"] = coordinate_scale(schedule, space)
-        solver = preset.make(total if lower_order_final else None, **options)
-    else:
-        solver = sampler
+    total = n_ode + int(final_denoise)
+    if preset is not None and lower_order_final is None:
+        rule = preset.lower_order_final
+        lower_order_final = rule == "always" or (rule == "short" and total < 15)
+    solver, space = build_sampler(
+        sampler, schedule, sampler_options, space, total if lower_order_final else None
+    )
     denoiser = to_denoiser(model, prediction, schedule)
     if return_state and (final_denoise or n_ode == 0):
         raise ValueError(
