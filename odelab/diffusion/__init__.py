@@ -6,17 +6,34 @@ deterministic sampling as a solve of the probability-flow ODE with odelab's expo
 integrators (`sampling`: DDIM, DPM-Solver++(2M/3M) and UniPC matching diffusers,
 ETDRK2/4, exponential Adams; model adapters, guidance, thresholding), and stochastic
 sampling of the reverse SDE (`sde`: Euler–Maruyama, predictor–corrector Langevin,
-DDIM with η > 0, SDE-DPM-Solver++(2M)).
+DDIM with η > 0, SDE-DPM-Solver++(2M)), and MixGRPO's mixed ODE–SDE sampling with the
+Gaussian log-probabilities of its stochastic steps (`mixed`). Mean-reverting diffusion
+(IR-SDE) and its MR Sampler, DPM-Solver(++) in the centred variable (`mean_reverting`).
 """
 
 from . import (
     analytic as analytic,
     inversion as inversion,
+    mean_reverting as mean_reverting,
+    mixed as mixed,
     sampling as sampling,
     schedules as schedules,
     sde as sde,
 )
 from .inversion import invert as invert
+from .mean_reverting import (
+    MeanReverting as MeanReverting,
+    mean_reverting_denoiser as mean_reverting_denoiser,
+    sample_mean_reverting as sample_mean_reverting,
+)
+from .mixed import (
+    MixedSample as MixedSample,
+    sample_mixed as sample_mixed,
+    sde_transition as sde_transition,
+    trajectory_log_probs as trajectory_log_probs,
+    transition_log_prob as transition_log_prob,
+    window_at as window_at,
+)
 from .sampling import sample as sample, to_denoiser as to_denoiser
 from .schedules import (
     EDM as EDM,
