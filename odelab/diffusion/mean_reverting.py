@@ -1,7 +1,7 @@
 r"""Mean-reverting diffusion (IR-SDE) and its fast sampler MRS, as ordinary odelab solves.
 
-**The forward SDE** (Luo et al. 2023, eq. 1): $dx = \theta_t(\mu - x)\,dt + \sigma_t\,dW$
-with $\sigma_t^2/\theta_t = 2\lambda^2$ fixed. Its marginal (their eq. 3) is
+**The forward SDE** (Luo et al. 2023): $dx = \theta_t(\mu - x)\,dt + \sigma_t\,dW$
+with $\sigma_t^2/\theta_t = 2\lambda^2$ fixed. Its marginal is
 
 $$x_t \mid x_0 \sim \mathcal N\big(\mu + (x_0 - \mu)e^{-\bar\theta_t},\;
   \lambda^2(1 - e^{-2\bar\theta_t})\big), \qquad \bar\theta_t = \int_0^t \theta_s\,ds,$$
@@ -150,7 +150,8 @@ class MeanReverting(AbstractSchedule):
     x_T = mu + schedule.sigma_inf * jax.random.normal(key, mu.shape)
     ```
 
-    **Reference:** Luo et al., arXiv:2301.11699, eqs. (1)–(3) and §4.1 (schedules).
+    **Reference:** Luo et al., arXiv:2301.11699 (the MR SDE, its marginal and
+    schedules) and their code's `IRSDE`.
     """
 
     sigma_inf: float
@@ -300,7 +301,8 @@ def mean_reverting_denoiser(
 
     **Raises:** `ValueError` for an unknown `prediction`.
 
-    **Reference:** Li et al., arXiv:2502.07856, §3.3 and App. (parameterizations).
+    **Reference:** Li et al., arXiv:2502.07856 (the parameterizations and their
+    conversions).
     """
     if prediction not in MR_PREDICTIONS:
         raise ValueError(
@@ -440,8 +442,8 @@ def sample_mean_reverting(
     x0 = sample_mean_reverting(noise_net, x_T, mu, schedule, steps=10)
     ```
 
-    **Reference:** Li et al., "MRS", arXiv:2502.07856 (Algorithms 1–2: ODE and SDE
-    solvers, data and noise prediction, orders 1–2).
+    **Reference:** Li et al., "MRS", arXiv:2502.07856 (the ODE and SDE solvers, data
+    and noise prediction, orders 1–2).
     """
     if not isinstance(schedule, MeanReverting):
         raise ValueError(
