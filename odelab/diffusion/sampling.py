@@ -57,10 +57,12 @@ from ..solvers import (
     EDICT,
     ETDRK2,
     ETDRK4,
+    GHVB,
     ExponentialAdams,
     ExponentialEuler,
     ExponentialMidpoint,
     ExponentialRK3,
+    HeavyBall,
     UniPC,
 )
 from ..terms import SemilinearTerm
@@ -154,6 +156,8 @@ SAMPLERS: dict[str, Preset] = {
     "rf_solver": Preset(_fixed(diffrax.Midpoint), 2, "never", "time"),
     "bdia": Preset(_bdia, 1, "never", "data", scaled=True),
     "edict": Preset(_edict, 1, "never", "data", scaled=True),
+    "momentum": Preset(_fixed(GHVB), 2, "never", "sigma"),
+    "hb": Preset(_fixed(HeavyBall), 4, "never", "sigma"),
 }
 """Sampler names. `dpmpp_2m`/`dpmpp_3m` are DPM-Solver++(2M)/(3M) (lower-order
 warm-up; `sampler_options=dict(second_order="phi")` gives the "heun" form), `unipc`
@@ -176,7 +180,10 @@ grid and `final_denoise=True` for its last Euler step to σ = 0); `euler`, `heun
 the flow velocity dx/dt in t, as flow-matching samplers do. `deis` is DEIS (tAB in
 log ρ, Zhang & Chen 2023) as diffusers writes it: the exponential Adams method with
 exact φ weights in noise coordinates, lower-order warm-up, order 3 (or
-`sampler_options=dict(order=2)`), ending at the table's first entry."""
+`sampler_options=dict(order=2)`), ending at the table's first entry. `momentum` is
+GHVB and `hb` Heavy Ball on PLMS (Wizadwongsa & Suwajanakorn 2024), in σ̄ = σ/α
+(`sampler_options`: `order` 1–4, defaults 2 and 4; `beta` ∈ (0, 1], default 0.8;
+`beta=1` is Adams–Bashforth, and order 1 DDIM), with variable-step weights."""
 
 
 def to_denoiser(model: Callable, prediction: str, schedule: AbstractSchedule):

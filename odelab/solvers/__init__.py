@@ -12,6 +12,7 @@ from .exponential import (
     ExponentialRK3 as ExponentialRK3,
     LawsonRK4 as LawsonRK4,
 )
+from .momentum import GHVB as GHVB, HeavyBall as HeavyBall
 from .nfe import (
     count_nfe as count_nfe,
     nfe_costs as nfe_costs,
