@@ -59,8 +59,8 @@ above. The paper's fractional names map as "GHVB $k - 1 + \beta$" =
 `GHVB(k, beta)` and "PLMS$k$ with HB $\beta$" = `HeavyBall(k, beta)`.
 
 **Reference:** S. Wizadwongsa, S. Suwajanakorn, "Diffusion Sampling with Momentum
-for Mitigating Divergence Artifacts", ICLR 2024, arXiv:2307.11118 (§4 Heavy Ball,
-§5 Generalized Heavy Ball); B. T. Polyak, "Some methods of speeding up the
+for Mitigating Divergence Artifacts", ICLR 2024, arXiv:2307.11118 (and the
+authors' code, sWizad/momentum-diffusion); B. T. Polyak, "Some methods of speeding up the
 convergence of iteration methods", USSR Comput. Math. Math. Phys. 4 (1964).
 """
 
@@ -238,7 +238,7 @@ class HeavyBall(AbstractMomentumMultistep):
     ```
 
     **Reference:** S. Wizadwongsa, S. Suwajanakorn, "Diffusion Sampling with Momentum
-    for Mitigating Divergence Artifacts", ICLR 2024, arXiv:2307.11118, §4.
+    for Mitigating Divergence Artifacts", ICLR 2024, arXiv:2307.11118.
     """
 
     order_: int = eqx.field(static=True)
@@ -285,7 +285,7 @@ class GHVB(AbstractMomentumMultistep):
     ```
 
     **Reference:** S. Wizadwongsa, S. Suwajanakorn, "Diffusion Sampling with Momentum
-    for Mitigating Divergence Artifacts", ICLR 2024, arXiv:2307.11118, §5.
+    for Mitigating Divergence Artifacts", ICLR 2024, arXiv:2307.11118.
     """
 
     order_: int = eqx.field(static=True)
