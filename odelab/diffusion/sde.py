@@ -21,10 +21,25 @@ adds more "churn". In the increasing time $\tau = -t$ its drift is
 $-(1 + \eta^2)\dot\lambda\,(\alpha D - x) - f x$ (no division by $\sigma^2$) and its
 diffusion $\eta g$: `reverse_sde_terms` gives both for `odelab.solve_sde`.
 
-**Samplers** (`sample_sde`): Euler–Maruyama on that SDE (a diffrax solve);
-predictor–corrector with Langevin correction (Song et al. 2021); DDIM with $\eta > 0$
-(Song, Meng & Ermon, eq. 12); and the SDE variant of DPM-Solver++(2M) (Lu et al.,
-diffusers' `algorithm_type="sde-dpmsolver++"`), generalised to the whole family.
+**In data coordinates** ($y = x/\alpha$, $s = -\lambda = \log\bar\sigma$, $\bar\sigma
+= \sigma/\alpha$) the family is semilinear with additive noise,
+
+$$dy = (1 + \eta^2)\,(y - D)\,ds + \eta\sqrt2\,e^{s}\,dW_s \qquad (s
+  \text{ decreasing}),$$
+
+($\eta = 0$: the probability-flow ODE of `sampling.probability_flow_term`), which is
+what the stochastic exponential integrators of `odelab.solvers.stochastic_exponential`
+solve, exactly in the linear part and the noise.
+
+**Samplers** (`sample_sde`), each a solver over a term: Euler–Maruyama on that SDE (a
+diffrax solve); DDIM with $\eta > 0$ (Song, Meng & Ermon, eq. 12) as
+`ExponentialEulerAncestral`; the SDE variant of DPM-Solver++(2M) (Lu et al.,
+diffusers' `algorithm_type="sde-dpmsolver++"`), generalised to the whole family, as
+`StochasticExponentialAdams(2)`; EDM's stochastic sampler (Karras et al., Algorithm
+2) as `EDMStochasticHeun`. Predictor–corrector with Langevin correction (Song et al.
+2021) stays a `lax.scan`: its corrector takes a step size from the norms of the score
+and of the noise (averaged over the batch), repeated at a fixed time, which is no
+step of a solver over a time grid.
 
 **References:** B. D. O. Anderson, "Reverse-time diffusion equation models",
 Stochastic Process. Appl. 12, 1982; Y. Song et al., "Score-Based Generative Modeling
@@ -37,16 +52,35 @@ Design Space of Diffusion-Based Generative Models", NeurIPS 2022, arXiv:2206.003
 from collections.abc import Callable
 from typing import NamedTuple
 
+import diffrax
 import jax
 import jax.numpy as jnp
 
+from .._fixed_step import fixed_step_solve
 from ..solve import solve_sde
-from .sampling import to_denoiser
+from ..solvers import (
+    EDMStochasticHeun,
+    ExponentialEulerAncestral,
+    StochasticExponentialAdams,
+)
+from ..terms import SemilinearTerm
+from .sampling import coordinates, probability_flow_term, to_denoiser
 from .schedules import AbstractSchedule, time_grid
 
 
-SDE_SAMPLERS = ("euler_maruyama", "pc_langevin", "ddim_eta", "sde_dpmpp_2m")
-"""Sampler names for `sample_sde`."""
+SDE_SAMPLERS = (
+    "euler_maruyama",
+    "pc_langevin",
+    "ddim_eta",
+    "sde_dpmpp_2m",
+    "dpmpp_2m_sde",
+    "heun_edm_churn",
+)
+r"""Sampler names for `sample_sde` (`"dpmpp_2m_sde"` is `"sde_dpmpp_2m"` with
+$\eta = 1$, diffusers' name)."""
+
+SAMPLER_OPTIONS = {"heun_edm_churn": ("s_churn", "s_tmin", "s_tmax", "s_noise")}
+"""The `sampler_options` each sampler of `sample_sde` takes."""
 
 
 class ReverseSDE(NamedTuple):
@@ -218,73 +252,71 @@ def _pc_langevin(denoiser, schedule, x, times, cond, key, eta, options):
     return x
 
 
-def _coefficients(schedule, times, dtype):
-    alphas = schedule.alpha(times).astype(dtype)
-    sigmas = schedule.sigma(times).astype(dtype)
-    h = jnp.diff(schedule.lam(times)).astype(dtype)
-    return alphas, sigmas, h
+def _brownian(key, x):
+    # Exact N(0, |t1 - t0|) increments on every step, whatever the grid; the solvers
+    # normalise them (`odelab.solvers.stochastic_exponential`). Keyed by the interval,
+    # so the recomputation of a checkpointed step draws the same noise.
+    return diffrax.UnsafeBrownianPath(
+        shape=jax.ShapeDtypeStruct(x.shape, x.dtype), key=key
+    )
+
+
+def _additive(scale, x):
+    return diffrax.ControlTerm(
+        lambda u, y, args: jnp.broadcast_to(scale(u).astype(y.dtype), y.shape), x
+    )
+
+
+def _solve_in(space, drift, scale, solver, schedule, x, times, cond, key, to_zero):
+    """Run `solver` on `MultiTerm(drift, ControlTerm(scale, W))` over `times` in the
+    coordinates of `space` (`sampling.coordinates`) and return $x$ at the grid's end,
+    or, with `to_zero`, after a last step to $\bar\\sigma = 0$ (where the state is
+    $x_0$ itself)."""
+    coords = coordinates(schedule, space)
+    grid = coords.time(times).astype(x.dtype)
+    if to_zero:
+        grid = jnp.concatenate([grid, jnp.zeros(1, x.dtype)])
+    terms = diffrax.MultiTerm(drift, _additive(scale, _brownian(key, x)))
+    y0 = x / coords.scale(times[0]).astype(x.dtype)
+    n = grid.shape[0] - 1
+    y = fixed_step_solve(terms, solver, y0, cond, grid, None, (n,))[0][0]
+    return y if to_zero else coords.scale(times[-1]).astype(x.dtype) * y
 
 
 def _ddim_eta(denoiser, schedule, x, times, cond, key, eta):
-    alphas, sigmas, h = _coefficients(schedule, times, x.dtype)
-    eta = jnp.asarray(eta, x.dtype)
-
-    def step(y, inputs):
-        t0, a0, s0, a1, s1, h, k = inputs
-        d = denoiser(y, t0, *cond)
-        fresh = -jnp.expm1(-2 * h)
-        eps_hat = (y - a0 * d) / s0
-        z = jax.random.normal(k, y.shape, y.dtype)
-        kept = s1 * jnp.sqrt(1 - eta**2 * fresh)
-        return a1 * d + kept * eps_hat + s1 * eta * jnp.sqrt(fresh) * z, None
-
-    keys = jax.random.split(key, times.shape[0] - 1)
-    inputs = (
-        times[:-1],
-        alphas[:-1],
-        sigmas[:-1],
-        alphas[1:],
-        sigmas[1:],
-        h,
-        keys,
-    )
-    x, _ = jax.lax.scan(jax.checkpoint(step), x, inputs)
-    return x
+    # The probability-flow ODE in data coordinates (y = x/alpha, s = log sigma-bar)
+    # and the forward process' noise there, d(sigma-bar^2) = 2 e^{2s} ds.
+    drift = probability_flow_term(denoiser, schedule, "data")
+    solver = ExponentialEulerAncestral(eta)
+    scale = lambda s: jnp.sqrt(2.0) * jnp.exp(s)  # noqa: E731
+    return _solve_in("data", drift, scale, solver, schedule, x, times, cond, key, False)
 
 
 def _sde_dpmpp_2m(denoiser, schedule, x, times, cond, key, eta):
-    alphas, sigmas, h = _coefficients(schedule, times, x.dtype)
-    eta2 = jnp.asarray(eta, x.dtype) ** 2
-
-    def step(carry, inputs):
-        y, d_prev, h_prev = carry
-        i, t0, s0, a1, s1, h, k = inputs
-        d = denoiser(y, t0, *cond)
-        # Linear in λ through the last two denoisings (diffusers' "midpoint" weight
-        # 1/2); the first step has no history and is first order.
-        d1 = jnp.where(i == 0, jnp.zeros_like(d), (d - d_prev) * (h / h_prev))
-        phi = -jnp.expm1(-(1 + eta2) * h)
-        z = jax.random.normal(k, y.shape, y.dtype)
-        y = (
-            (s1 / s0) * jnp.exp(-eta2 * h) * y
-            + a1 * phi * (d + 0.5 * d1)
-            + s1 * jnp.sqrt(-jnp.expm1(-2 * eta2 * h)) * z
-        )
-        return (y, d, h), None
-
-    n = times.shape[0] - 1
-    inputs = (
-        jnp.arange(n),
-        times[:-1],
-        sigmas[:-1],
-        alphas[1:],
-        sigmas[1:],
-        h,
-        jax.random.split(key, n),
+    # In data coordinates the eta-family's drift is (1 + eta^2) times the
+    # probability-flow drift y - D, and its diffusion eta sqrt(2) e^s (module notes).
+    ode = probability_flow_term(denoiser, schedule, "data")
+    eta = jnp.asarray(eta, x.dtype)
+    weight = 1 + eta**2
+    drift = SemilinearTerm(
+        weight * ode.linear.astype(x.dtype),
+        lambda s, y, args: weight * ode.nonlinear(s, y, args),
     )
-    init = (x, jnp.zeros_like(x), jnp.ones((), x.dtype))
-    (x, _, _), _ = jax.lax.scan(jax.checkpoint(step), init, inputs)
-    return x
+    solver = StochasticExponentialAdams(2, second_order="midpoint")
+    scale = lambda s: eta * jnp.sqrt(2.0) * jnp.exp(s)  # noqa: E731
+    return _solve_in("data", drift, scale, solver, schedule, x, times, cond, key, False)
+
+
+def _heun_edm_churn(denoiser, schedule, x, times, cond, key, options, to_zero):
+    # Karras' sigma-time (u = sigma-bar, y = x/alpha) and its forward noise
+    # g = sqrt(2u). With `to_zero` the last step goes to u = 0: Algorithm 2's final
+    # Euler step, churn included, which is the final denoising.
+    drift = probability_flow_term(denoiser, schedule, "sigma")
+    solver = EDMStochasticHeun(times.shape[0] - 1 + int(to_zero), **options)
+    scale = lambda u: jnp.sqrt(2 * u)  # noqa: E731
+    return _solve_in(
+        "sigma", drift, scale, solver, schedule, x, times, cond, key, to_zero
+    )
 
 
 def sample_sde(
@@ -304,6 +336,7 @@ def sample_sde(
     corrector_steps: int = 1,
     axis_name=None,
     adjoint="checkpoint",
+    sampler_options: dict | None = None,
 ):
     r"""Sample a diffusion model stochastically, from noise `x_t` at the grid's first
     time to data; returns $x$.
@@ -321,19 +354,36 @@ def sample_sde(
       the `snr` and $a = \alpha_s^2/\alpha_t^2$ (Song et al. 2021, Algorithms 4–5,
       where $a = 1 - \beta_i$). With `axis_name` (a `vmap` axis name) the two norms
       are averaged over the batch, as in Song et al.'s code; per sample, they vary
-      a lot in low dimension.
+      a lot in low dimension. A `lax.scan` (module notes).
     - `"ddim_eta"`: DDIM with noise (Song, Meng & Ermon, eq. 12), for any schedule:
       $x \leftarrow \alpha_t D + \sigma_t\sqrt{1 - c^2}\,\hat\varepsilon + \sigma_t c
       \, z$ with $\hat\varepsilon = (x - \alpha_s D)/\sigma_s$ and $c = \eta\sqrt{1 -
       e^{-2h}}$; $\eta = 0$ is DDIM, $\eta = 1$ the DDPM posterior (ancestral
-      sampling). Needs $0 \le \eta \le 1$.
+      sampling). Needs $0 \le \eta \le 1$. The solver
+      `odelab.solvers.ExponentialEulerAncestral` on the probability-flow ODE in data
+      coordinates.
     - `"sde_dpmpp_2m"`: the exponential integrator of the $\eta$-family with the
       denoiser linear in $\lambda$ (DPM-Solver++(2M) SDE, "midpoint" form):
       $x \leftarrow \frac{\sigma_t}{\sigma_s}e^{-\eta^2 h}x + \alpha_t(1 - e^{-(1 +
       \eta^2)h})(D + \tfrac12 D_1) + \sigma_t\sqrt{1 - e^{-2\eta^2 h}}\,z$ with $D_1 =
       (D - D_{prev})\,h/h_{prev}$ (0 on the first step). $\eta = 1$ is diffusers'
       `sde-dpmsolver++`, $\eta = 0$ DPM-Solver++(2M); k-diffusion's `eta` is
-      $\eta^2$. The first-order step with $\eta = 1$ equals `ddim_eta`'s.
+      $\eta^2$. The first-order step with $\eta = 1$ equals `ddim_eta`'s. The solver
+      `odelab.solvers.StochasticExponentialAdams(2)` on the family's SDE in data
+      coordinates (module notes).
+    - `"dpmpp_2m_sde"`: `"sde_dpmpp_2m"` with $\eta = 1$ (diffusers' and
+      k-diffusion's name); needs `eta=1`.
+    - `"heun_edm_churn"`: EDM's stochastic sampler (Karras et al., Algorithm 2) in
+      $\bar\sigma = \sigma/\alpha$ and $\tilde x = x/\alpha$: raise the noise level to
+      $\hat\sigma = (1 + \gamma)\bar\sigma_s$ by adding $S_{noise}\sqrt{\hat\sigma^2 -
+      \bar\sigma_s^2}\,z$, $\gamma = \min(S_{churn}/N, \sqrt2 - 1)$ inside $[S_{tmin},
+      S_{tmax}]$ (else 0), then a Heun step of the probability-flow ODE from
+      $\hat\sigma$ to $\bar\sigma_t$. With `final_denoise` the last step goes to
+      $\bar\sigma = 0$ as in Algorithm 2 (churn, then the Euler step, which is $x =
+      D(\hat x, \hat\sigma)$), and $N$ counts it. `sampler_options`: `s_churn`
+      (default 0, which is `sample(..., sampler="heun_edm")`), `s_tmin` (0), `s_tmax`
+      ($\infty$), `s_noise` (1); use `grid="karras"`. `eta` is not used. The solver
+      `odelab.solvers.EDMStochasticHeun`.
 
     **Arguments:**
 
@@ -350,35 +400,56 @@ def sample_sde(
     - `snr`, `corrector_steps`, `axis_name`: the Langevin corrector of
       `"pc_langevin"` (Song et al.'s defaults: $r = 0.16$, one step).
     - `adjoint`: for `"euler_maruyama"`, as in `odelab.solve_sde`; the other samplers
-      are `lax.scan` loops (checkpointed per step) differentiated directly.
+      scan their solver's step over the grid (checkpointed per step, the discrete
+      gradients of `diffeqsolve` on that grid) and are differentiated directly.
+    - `sampler_options`: keyword options of the sampler (`SAMPLER_OPTIONS`).
 
     **Returns:** the sample, shaped like `x_t`.
 
-    **Raises:** `ValueError` for an unknown `sampler` or `prediction`, `steps < 1`,
-    `eta < 0` (or `eta > 1` with `"ddim_eta"`), `snr <= 0` or `corrector_steps < 0`;
-    `TypeError` for a non-floating `x_t`.
+    **Raises:** `ValueError` for an unknown `sampler`, `prediction` or option,
+    `steps < 1`, `eta < 0` (or `eta > 1` with `"ddim_eta"`, `eta != 1` with
+    `"dpmpp_2m_sde"`), `snr <= 0`, `corrector_steps < 0`, `s_churn < 0`,
+    `s_noise <= 0` or `s_tmin > s_tmax`; `TypeError` for a non-floating `x_t`.
 
     **Example:**
 
     ```python
     keys = jax.random.split(key, 8)
-    x0 = jax.vmap(lambda k, x: sample_sde(eps_model, x, VPLinear(), key=k,
-                                         sampler="sde_dpmpp_2m", steps=50))(keys, noise)
+    x0 = jax.vmap(lambda k, x: sample_sde(eps_model, x, EDM(), key=k, grid="karras",
+                                         sampler="heun_edm_churn", steps=32,
+                                         sampler_options=dict(s_churn=40.0)))(
+        keys, noise)
     ```
 
     **References:** Y. Song et al., arXiv:2011.13456 (Euler–Maruyama, Algorithms
     4–5); J. Song, C. Meng, S. Ermon, arXiv:2010.02502, eq. (12); C. Lu et al.,
-    arXiv:2211.01095 (SDE-DPM-Solver++).
+    arXiv:2211.01095 (SDE-DPM-Solver++); T. Karras et al., arXiv:2206.00364,
+    Algorithm 2.
     """
     if sampler not in SDE_SAMPLERS:
         raise ValueError(
             f"unknown sampler {sampler!r}; valid: {', '.join(SDE_SAMPLERS)}."
         )
+    options = dict(sampler_options or {})
+    valid = SAMPLER_OPTIONS.get(sampler, ())
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"sampler {sampler!r} takes no option {unknown[0]!r}; valid: "
+            f"{', '.join(valid) or 'none'}."
+        )
     if isinstance(grid, str) and steps < 1:
         raise ValueError(f"`steps` must be at least 1, got {steps}.")
     if sampler == "ddim_eta":
         _check_eta(eta, at_most=1.0, sampler=sampler)
-    else:
+    elif sampler == "dpmpp_2m_sde":
+        if not isinstance(eta, jax.core.Tracer) and float(eta) != 1.0:
+            raise ValueError(
+                f"'dpmpp_2m_sde' is 'sde_dpmpp_2m' with eta = 1, got eta={eta}; "
+                "use sampler='sde_dpmpp_2m' for another eta."
+            )
+        eta = 1.0
+    elif sampler != "heun_edm_churn":
         _check_eta(eta)
     if sampler == "pc_langevin":
         if not isinstance(snr, jax.core.Tracer) and not float(snr) > 0:
@@ -391,6 +462,11 @@ def sample_sde(
         raise TypeError(f"`x_t` must be a floating array, got dtype {x.dtype}.")
     times = jnp.asarray(time_grid(schedule, steps, grid)).astype(x.dtype)
     cond = tuple(cond)
+    if sampler == "heun_edm_churn":
+        if times.shape[0] > 1 or final_denoise:
+            args = (denoiser, schedule, x, times, cond, key, options, final_denoise)
+            x = _heun_edm_churn(*args)
+        return x
     if times.shape[0] > 1:
         if sampler == "euler_maruyama":
             x = _euler_maruyama(denoiser, schedule, x, times, cond, key, eta, adjoint)

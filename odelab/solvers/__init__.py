@@ -29,4 +29,9 @@ from .reversible import (
     is_reversible as is_reversible,
 )
 from .rk4 import RK4 as RK4
+from .stochastic_exponential import (
+    EDMStochasticHeun as EDMStochasticHeun,
+    ExponentialEulerAncestral as ExponentialEulerAncestral,
+    StochasticExponentialAdams as StochasticExponentialAdams,
+)
 from .unipc import UniPC as UniPC

@@ -1,7 +1,9 @@
 """Tests of `odelab.diffusion.sde`: the reverse-time SDE against the schedule, the
 samplers' moments against the exact marginals of a Gaussian mixture, exact reductions
-(DDIM, DPM-Solver++(2M), `solve_sde`), weak order, jit/vmap/grad and errors."""
+(DDIM, DPM-Solver++(2M), EDM's Heun, `solve_sde`), weak order, jit/vmap/grad and
+errors."""
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,13 +79,17 @@ def test_reverse_sde_terms_match_the_schedule(schedule):
 # ddim_eta ~6/N, sde_dpmpp_2m ~40/N^2 (largest error over the mean and covariance
 # entries). pc_langevin adds the bias of one unadjusted Langevin step per predictor
 # step, at most the stationary r^2/(1 - r^2) = 2.6% of the within-component variance
-# (0.15), i.e. 0.004.
+# (0.15), i.e. 0.004. heun_edm_churn with the largest churn (gamma = sqrt 2 - 1 at
+# every step) on the Karras grid: ~55/N^2 (0.087 at 25 steps, within the Monte Carlo
+# error of 2^15 samples at 100), about its deterministic Heun's error.
 _MOMENT_CASES = [
     ("euler_maruyama", 100, "uniform_t", 0.008),
     ("pc_langevin", 200, "uniform_t", 0.009),
     ("ddim_eta", 800, "logsnr", 0.008),
     ("sde_dpmpp_2m", 100, "logsnr", 0.005),
+    ("heun_edm_churn", 100, "karras", 0.006),
 ]
+_CHURN = dict(s_churn=40.0)
 
 
 @pytest.mark.x64
@@ -107,6 +113,7 @@ def test_samples_have_the_data_moments(sampler, steps, grid, allowance):
             grid=grid,
             final_denoise=False,
             axis_name="batch" if sampler == "pc_langevin" else None,
+            sampler_options=_CHURN if sampler == "heun_edm_churn" else None,
         )
 
     out = jax.jit(jax.vmap(one, axis_name="batch"))(jax.random.split(k_noise, n), x_t)
@@ -247,6 +254,84 @@ def test_euler_maruyama_is_solve_sde_of_reverse_sde_terms():
     np.testing.assert_allclose(got, sol.ys[-1], rtol=tol, atol=tol)
 
 
+@pytest.mark.x64
+def test_dpmpp_2m_sde_is_sde_dpmpp_2m_with_eta_one():
+    schedule, mix = VPLinear(), _mixture()
+    model = lambda x, t: mix.eps(x, t, schedule)  # noqa: E731
+    x, key = jnp.array([0.3, -1.2]), jax.random.key(8)
+    common = dict(key=key, steps=12, grid="logsnr")
+    alias = sample_sde(model, x, schedule, sampler="dpmpp_2m_sde", **common)
+    family = sample_sde(model, x, schedule, sampler="sde_dpmpp_2m", eta=1.0, **common)
+    np.testing.assert_array_equal(alias, family)
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("final_denoise", [True, False])
+def test_churn_zero_is_heun_edm(final_denoise):
+    schedule, mix = VPLinear(), _mixture()
+    model = lambda x, t: mix.eps(x, t, schedule)  # noqa: E731
+    x = jnp.array([0.3, -1.2]) * schedule.sigma(schedule.t_max)
+    common = dict(steps=18, grid="karras", final_denoise=final_denoise)
+    churn = sample_sde(
+        model,
+        x,
+        schedule,
+        key=jax.random.key(0),
+        sampler="heun_edm_churn",
+        sampler_options=dict(s_churn=0.0, s_noise=1.007),
+        **common,
+    )
+    heun = sample(model, x, schedule, sampler="heun_edm", **common)
+    tol = roundoff_tol(jnp.float64, 2 * 18)
+    np.testing.assert_allclose(churn, heun, rtol=tol, atol=tol)
+
+
+@pytest.mark.x64
+def test_churn_is_algorithm_2():
+    # Karras et al.'s Algorithm 2 written out on the EDM schedule (alpha = 1, sigma =
+    # t), including its last step to sigma = 0. The noise z_i is the solver's, read off
+    # the Brownian path as documented (the normalised increment over each step).
+    schedule, mix = EDM(), _mixture()
+    denoiser = lambda x, t: mix.denoiser(x, t, schedule)  # noqa: E731
+    x, key, steps = jnp.array([30.0, -50.0]), jax.random.key(6), 5
+    options = dict(s_churn=1.5, s_tmin=0.5, s_tmax=40.0, s_noise=1.007)
+    got = sample_sde(
+        denoiser,
+        x,
+        schedule,
+        key=key,
+        prediction="x0",
+        sampler="heun_edm_churn",
+        steps=steps,
+        grid="karras",
+        sampler_options=options,
+    )
+    ts = list(
+        np.asarray(odelab.diffusion.schedules.time_grid(schedule, steps, "karras"))
+    )
+    ts.append(0.0)
+    path = diffrax.UnsafeBrownianPath(
+        shape=jax.ShapeDtypeStruct(x.shape, x.dtype), key=key
+    )
+    n = len(ts) - 1
+    for t0, t1 in zip(ts[:-1], ts[1:]):
+        z = path.evaluate(t1, t0) / np.sqrt(t0 - t1)
+        inside = options["s_tmin"] <= t0 <= options["s_tmax"]
+        gamma = min(options["s_churn"] / n, np.sqrt(2) - 1) if inside else 0.0
+        t_hat = t0 + gamma * t0
+        x_hat = x + np.sqrt(t_hat**2 - t0**2) * options["s_noise"] * z
+        d = (x_hat - denoiser(x_hat, t_hat)) / t_hat
+        x = x_hat + (t1 - t_hat) * d
+        if t1 > 0:
+            d_prime = (x - denoiser(x, t1)) / t1
+            x = x_hat + (t1 - t_hat) * (0.5 * d + 0.5 * d_prime)
+    tol = roundoff_tol(jnp.float64, 4 * steps)
+    np.testing.assert_allclose(got, x, rtol=tol, atol=tol)
+
+
+_OPTIONS = {"heun_edm_churn": dict(s_churn=20.0)}
+
+
 @pytest.mark.parametrize("sampler", SDE_SAMPLERS)
 def test_jit_vmap_no_recompile(sampler):
     schedule = VPLinear()
@@ -259,7 +344,14 @@ def test_jit_vmap_no_recompile(sampler):
     @count_traces
     def run(x, key):
         return sample_sde(
-            model, x, schedule, key=key, prediction="x0", sampler=sampler, steps=6
+            model,
+            x,
+            schedule,
+            key=key,
+            prediction="x0",
+            sampler=sampler,
+            steps=6,
+            sampler_options=_OPTIONS.get(sampler),
         )
 
     batched = jax.jit(jax.vmap(run))
@@ -284,7 +376,15 @@ def test_gradient_wrt_noise(sampler):
 
     @jax.jit
     def loss(x):
-        out = sample_sde(model, x, schedule, key=key, sampler=sampler, steps=8)
+        out = sample_sde(
+            model,
+            x,
+            schedule,
+            key=key,
+            sampler=sampler,
+            steps=8,
+            sampler_options=_OPTIONS.get(sampler),
+        )
         return jnp.sum(out**2)
 
     check_grad(loss, jnp.array([0.5, -0.8]))
@@ -310,3 +410,40 @@ def test_bad_input_is_named():
         reverse_sde_terms(model, schedule, eta=-1.0)
     with pytest.raises(TypeError, match="`x_t` must be a floating array"):
         sample_sde(model, jnp.ones(2, jnp.int32), schedule, key=key)
+    with pytest.raises(ValueError, match="'dpmpp_2m_sde' is 'sde_dpmpp_2m' with eta"):
+        sample_sde(model, x, schedule, key=key, sampler="dpmpp_2m_sde", eta=0.5)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(s_churn=-1.0), "`s_churn` must be >= 0"),
+        (dict(s_noise=0.0), "`s_noise` must be positive"),
+        (dict(s_tmin=2.0, s_tmax=1.0), "`s_tmin` must not exceed `s_tmax`"),
+        (dict(churn=1.0), "takes no option 'churn'; valid: s_churn, s_tmin"),
+    ],
+)
+def test_bad_churn_options_are_named(options, message):
+    x, key = jnp.ones(2), jax.random.key(0)
+    with pytest.raises(ValueError, match=message):
+        sample_sde(
+            lambda x, t: x,
+            x,
+            EDM(),
+            key=key,
+            sampler="heun_edm_churn",
+            grid="karras",
+            sampler_options=options,
+        )
+
+
+def test_options_of_samplers_without_options_are_refused():
+    with pytest.raises(ValueError, match="'ddim_eta' takes no option 's_churn'.*none"):
+        sample_sde(
+            lambda x, t: x,
+            jnp.ones(2),
+            VPLinear(),
+            key=jax.random.key(0),
+            sampler="ddim_eta",
+            sampler_options=dict(s_churn=1.0),
+        )
