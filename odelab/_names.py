@@ -4,7 +4,12 @@ from collections.abc import Callable
 
 import diffrax
 
-from .adjoints import InterpolatingAdjoint, QuadratureAdjoint, ReversibleAdjoint
+from .adjoints import (
+    ExponentialAdjoint,
+    InterpolatingAdjoint,
+    QuadratureAdjoint,
+    ReversibleAdjoint,
+)
 from .solvers import (
     BDIA,
     EDICT,
@@ -84,13 +89,18 @@ ADJOINTS: dict[str, Callable[[], diffrax.AbstractAdjoint]] = {
     "reversible": ReversibleAdjoint,
     "interpolating": InterpolatingAdjoint,
     "quadrature": QuadratureAdjoint,
+    "adjoint_dpm": ExponentialAdjoint,
+    "exponential": ExponentialAdjoint,
 }
 """Adjoint names: `"checkpoint"` (discrete, recursive checkpointing; odelab's lean
 fixed-step path when the grid is fixed), `"direct"`, `"backsolve"` (continuous adjoint,
 O(1) memory), `"forward"` (forward-mode) and `"reversible"` (exact discrete gradients,
 memory flat in the number of steps, for the reversible solvers: reversible_heun, bdia,
 reversible_rk4, reversible_tsit5, mali, edict), `"interpolating"` and `"quadrature"`
-(continuous adjoints reading y(t) from a checkpointed dense forward solution)."""
+(continuous adjoints reading y(t) from a checkpointed dense forward solution),
+`"adjoint_dpm"` (or `"exponential"`: AdjointDPM, the continuous adjoint of a
+`SemilinearTerm` solve integrated backwards by the exponential solver itself, O(1)
+memory)."""
 
 
 def resolve(value, registry: dict, what: str, argname: str):

@@ -4,4 +4,5 @@ from .continuous import (
     InterpolatingAdjoint as InterpolatingAdjoint,
     QuadratureAdjoint as QuadratureAdjoint,
 )
+from .exponential import ExponentialAdjoint as ExponentialAdjoint
 from .reversible import ReversibleAdjoint as ReversibleAdjoint

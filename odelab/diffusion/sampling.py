@@ -47,11 +47,13 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from .. import solve
 from .._fixed_step import fixed_step_solve
+from ..adjoints import ExponentialAdjoint
 from ..solvers import (
     BDIA,
     EDICT,
@@ -359,6 +361,44 @@ def build_sampler(
     return preset.make(steps_to_end, **options), space
 
 
+def _for_adjoint(term, solver, adjoint, s0, y0, cond):
+    """`(term, adjoint)` ready for a diffrax adjoint other than checkpointing: the
+    model closure-converted (its weights become arrays of the term, which the custom
+    backward passes differentiate; a closure would hide them), and `"adjoint_dpm"`
+    given a backward solver that takes its augmented system."""
+    dpm = isinstance(adjoint, str) and adjoint.lower() in ("adjoint_dpm", "exponential")
+    if dpm and not isinstance(term, SemilinearTerm):
+        raise ValueError(
+            "adjoint='adjoint_dpm' integrates the semilinear probability-flow ODE "
+            "backwards with an exponential integrator; this sampler solves a plain ODE "
+            "(its space is not 'data' or 'noise'). Use an exponential sampler (ddim, "
+            "dpmpp_2m, dpmpp_3m, unipc, deis, dpm_solver_*, ...) or "
+            "adjoint='checkpoint'."
+        )
+    # Python numbers in `cond` become arrays: the converted function is traced once,
+    # and diffrax hands it arrays.
+    cond = jax.tree.map(
+        lambda c: jnp.asarray(c) if isinstance(c, int | float | complex) else c,
+        tuple(cond),
+    )
+    if isinstance(term, SemilinearTerm):
+        nonlinear = eqx.filter_closure_convert(term.nonlinear, s0, y0, cond)
+        term = SemilinearTerm(term.linear, nonlinear, term.kind)
+    else:
+        vf = eqx.filter_closure_convert(term.vf, s0, y0, cond)
+        term = diffrax.ODETerm(vf)
+    if dpm:
+        backward = None
+        if isinstance(solver, UniPC):
+            # UniPC's coefficients need a scalar L; its backward pass uses the
+            # exponential Adams method of the same order.
+            backward = ExponentialAdams(
+                min(solver.order_ + int(solver.corrector), 3), start="lower_order"
+            )
+        adjoint = ExponentialAdjoint(backward_solver=backward)
+    return term, adjoint, cond
+
+
 def solve_on_grid(
     denoiser,
     schedule,
@@ -389,6 +429,7 @@ def solve_on_grid(
         x_end = scale(times[-1]) * out[0][-1]
         return (x_end, out[2]) if return_state else x_end
     else:
+        term, adjoint, cond = _for_adjoint(term, solver, adjoint, s_grid[0], y0, cond)
         ys = solve(
             term,
             y0,
@@ -436,8 +477,13 @@ def sample(
       `"ddim"` on `"leading"` uses DDIMScheduler's timesteps, every other pair the
       multistep schedulers' (DDIMScheduler's own `"linspace"` is not a time grid).
     - `cond`: extra arguments for `model` (a tuple; e.g. class labels).
-    - `adjoint`: as in `odelab.solve` (gradients flow to `x_t`, `cond` and arrays in
-      `model`).
+    - `adjoint`: how gradients flow to `x_t`, `cond` and the arrays in `model`:
+      `"checkpoint"` (default; the discrete gradient of the sampler, checkpointed per
+      step), `"adjoint_dpm"` (AdjointDPM, `odelab.adjoints.ExponentialAdjoint`: the
+      continuous adjoint solved backwards by the same exponential sampler on the
+      reversed grid, memory flat in `steps`; exponential samplers only),
+      `"reversible"` (exact discrete gradients of `bdia`/`edict`, memory flat in
+      `steps`), or any adjoint `odelab.solve` takes.
     - `final_denoise`: end with $x = D(x, t_{last})$, the exact step to $\sigma = 0$
       (every exponential sampler's update to $\sigma = 0$ is this, whatever its
       order). Default: on for diffusers' grids, off otherwise.
