@@ -25,8 +25,8 @@ below the smallest step.
   $g(r) = g_0 (g_1/g_0)^{(r - t_0)/h}$: $V = |h|\,g_0^2 e^{2hL}\varphi_1(2\log(g_1/g_0)
   - 2hL)$. Order 1 is the stochastic exponential Euler scheme (Lord & Tambue); on the
   reverse SDE of a diffusion model in data coordinates (`odelab.diffusion.sde`) order 1
-  is SDE-DPM-Solver-1 and order 2 SDE-DPM-Solver++(2M) (Lu et al. 2022, §5 and
-  App. B; diffusers' `algorithm_type="sde-dpmsolver++"`).
+  is SDE-DPM-Solver-1 and order 2 SDE-DPM-Solver++(2M) (Lu et al. 2022;
+  diffusers' `algorithm_type="sde-dpmsolver++"`).
 - `ExponentialEulerAncestral`: ancestral sampling (DDIM with $\eta$, k-diffusion's
   Euler ancestral) as a solver of the probability-flow ODE plus forward noise.
 - `EDMStochasticHeun`: Karras et al.'s stochastic sampler (Algorithm 2, "churn").
@@ -174,7 +174,7 @@ class StochasticExponentialAdams(diffrax.AbstractItoSolver):
     **Diffusion sampling:** with $L = 1 + \eta^2$, $N = -(1 + \eta^2)D$ and $g =
     \eta\sqrt2 e^{t}$ in the data coordinates $y = x/\alpha$, $t = -\lambda$
     (`odelab.diffusion.sde`), order 2 is SDE-DPM-Solver++(2M) (Lu et al.,
-    arXiv:2211.01095, App. B; $\eta = 1$):
+    arXiv:2211.01095; $\eta = 1$):
 
     $$x_{n+1} = \frac{\sigma_{n+1}}{\sigma_n}e^{-h}x_n + \alpha_{n+1}(1 - e^{-2h})
       \big(D_n + \tfrac{1}{2r_n}(D_n - D_{n-1})\big)
