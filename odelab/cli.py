@@ -5,6 +5,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 
 BENCHMARKS = {
@@ -93,6 +94,27 @@ _TRAIN_EPILOG = """examples:
 """
 
 
+TRAIN_TASKS = {
+    "learn_grid": "odelab.grid_job",
+    "optimize_noise": "odelab.sampler_opt_job",
+    "finetune_reward": "odelab.sampler_opt_job",
+}
+"""Training tasks other than the default neural ODE, by the config's top-level `task`
+key: each module's `run_task(source, overrides) -> metrics` loads the config itself."""
+
+
+def _task_of(source) -> str:
+    """The top-level `task` of a config file or mapping (default `"neural_ode"`)."""
+    from .config import ConfigError, _read_yaml
+
+    raw = source if isinstance(source, dict) else _read_yaml(Path(source))
+    task = raw.get("task", "neural_ode") if isinstance(raw, dict) else "neural_ode"
+    if task != "neural_ode" and task not in TRAIN_TASKS:
+        valid = ", ".join(["neural_ode", *TRAIN_TASKS])
+        raise ConfigError(f"unknown `task: {task}`; valid: {valid}.")
+    return task
+
+
 def _train(argv):
     parser = argparse.ArgumentParser(
         prog="odelab train",
@@ -138,10 +160,15 @@ def _train(argv):
     if source is None:
         source = DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else {}
     try:
-        config = load_config(source, ns.overrides)
-        from .train import train
+        task = _task_of(source)
+        if task != "neural_ode":
+            module = importlib.import_module(TRAIN_TASKS[task])
+            metrics = module.run_task(source, ns.overrides)
+        else:
+            config = load_config(source, ns.overrides)
+            from .train import train
 
-        metrics = train(config, resume=ns.resume, progress=not ns.no_progress)
+            metrics = train(config, resume=ns.resume, progress=not ns.no_progress)
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"odelab train: {e}", file=sys.stderr)
         return 2
