@@ -255,7 +255,7 @@ def _exponential_loop_bwd(
         y_bar = materialise(y_bar, y)
         n_y = jtu.tree_map(lambda fv, v: fv - lin * v, f, y)
         n_a = jtu.tree_map(lambda yb, v: lin * v - yb, y_bar, a)
-        n_g = jtu.tree_map(lambda g: -g, materialise(theta_bar, theta))
+        n_g = [-g for g in jtu.tree_leaves(materialise(theta_bar, theta))]
         return n_y, n_a, n_g
 
     y_final = jtu.tree_map(lambda v: v[-1], saved_ys)
@@ -273,7 +273,10 @@ def _exponential_loop_bwd(
         return jtu.tree_map(lambda v: sum(v[i] for i in indices), ys_bar)
 
     a_final = cotangent(at_t1)
-    theta_bar0 = jtu.tree_map(jnp.zeros_like, theta)
+    # The parameter cotangent travels as a flat list of arrays: diffrax's save
+    # buffers cannot hold the None leaves of a filtered pytree.
+    theta_leaves, theta_def = jtu.tree_flatten(theta)
+    theta_bar0 = [jnp.zeros_like(x) for x in theta_leaves]
     back_controller, back_dt0 = _backward_steps(controller, kw["dt0"])
     sol = diffrax.diffeqsolve(
         _AugmentedTerm(lin, nonlinear),
@@ -286,10 +289,12 @@ def _exponential_loop_bwd(
         saveat=diffrax.SaveAt(t1=True),
         stepsize_controller=back_controller,
         max_steps=kw["max_steps"],
-        adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=1),
+        # Not differentiated again: a plain while loop, no checkpoint buffers.
+        adjoint=diffrax.ForwardMode(),
         throw=False,
     )
     _, a0, theta_bar = jtu.tree_map(lambda v: v[-1], sol.ys)
+    theta_bar = jtu.tree_unflatten(theta_def, theta_bar)
     if at_t0:
         a0 = jtu.tree_map(lambda u, v: u + v, a0, cotangent(at_t0))
     args_bar, terms_bar = theta_bar
