@@ -11,6 +11,8 @@ from pathlib import Path
 BENCHMARKS = {
     "adjoints": "odelab.bench.adjoints",
     "exponential": "odelab.bench.exponential",
+    "grad-sampler": "odelab.bench.grad_sampler",
+    "learned-grid": "odelab.bench.learned_grid",
     "overhead": "odelab.bench.overhead",
     "samplers": "odelab.bench.samplers",
     "train-step": "odelab.bench.train_step",
