@@ -36,10 +36,14 @@ diffrax solve); DDIM with $\eta > 0$ (Song, Meng & Ermon, eq. 12) as
 `ExponentialEulerAncestral`; the SDE variant of DPM-Solver++(2M) (Lu et al.,
 diffusers' `algorithm_type="sde-dpmsolver++"`), generalised to the whole family, as
 `StochasticExponentialAdams(2)`; EDM's stochastic sampler (Karras et al., Algorithm
-2) as `EDMStochasticHeun`. Predictor–corrector with Langevin correction (Song et al.
-2021) stays a `lax.scan`: its corrector takes a step size from the norms of the score
-and of the noise (averaged over the batch), repeated at a fixed time, which is no
-step of a solver over a time grid.
+2) as `EDMStochasticHeun`. These three draw one standard normal per step from a
+Brownian path over their grid; `GridNoisePath` replays given normals instead
+(`sample_sde(..., noise=...)`: fed diffusers' per-step `variance_noise`, they
+reproduce its DDIM and SDE-DPM-Solver++(2M) to float32 round-off).
+Predictor–corrector with Langevin correction (Song et al. 2021) stays a `lax.scan`:
+its corrector takes a step size from the norms of the score and of the noise
+(averaged over the batch), repeated at a fixed time, which is no step of a solver
+over a time grid.
 
 **References:** B. D. O. Anderson, "Reverse-time diffusion equation models",
 Stochastic Process. Appl. 12, 1982; Y. Song et al., "Score-Based Generative Modeling
@@ -50,7 +54,7 @@ Design Space of Diffusion-Based Generative Models", NeurIPS 2022, arXiv:2206.003
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import diffrax
 import jax
@@ -79,6 +83,10 @@ SDE_SAMPLERS = (
 r"""Sampler names for `sample_sde` (`"dpmpp_2m_sde"` is `"sde_dpmpp_2m"` with
 $\eta = 1$, diffusers' name)."""
 
+NOISE_SAMPLERS = ("ddim_eta", "sde_dpmpp_2m", "dpmpp_2m_sde", "heun_edm_churn")
+"""The samplers of `sample_sde` that take given per-step normals (`noise=`): those
+that are a solver over the grid with one normal per step."""
+
 SAMPLER_OPTIONS = {"heun_edm_churn": ("s_churn", "s_tmin", "s_tmax", "s_noise")}
 """The `sampler_options` each sampler of `sample_sde` takes."""
 
@@ -90,6 +98,115 @@ class ReverseSDE(NamedTuple):
 
     drift: Callable
     diffusion: Callable
+
+
+class GridNoisePath(diffrax.AbstractBrownianPath):
+    r"""A Brownian path that replays given standard normals, one per cell of a grid.
+
+    On the cell $[t_k, t_{k+1}]$ of the grid `ts` (increasing or decreasing) the
+    increment over any sub-interval is
+
+    $$W(b) - W(a) = z_k\,\operatorname{sign}(b - a)\sqrt{|b - a|},$$
+
+    so a fixed-step solver that normalises its step's increment, $z = \Delta W /
+    \sqrt{|\Delta t|}$ (`odelab.solvers.stochastic_exponential`), sees exactly $z_k$ on
+    step $k$, whatever the grid's spacing. Over whole cells it is a Brownian path
+    (cumulative sums at the grid points, linear in between for `evaluate(t)`); a query
+    spanning several cells gets $W(b) - W(a)$ of that piecewise-linear path. Like
+    `diffrax.UnsafeBrownianPath` it is meant for fixed steps on the grid itself. It
+    lets a sampler be fed the noise of another implementation step by step (e.g.
+    diffusers' `variance_noise`), which is how `sample_sde(..., noise=...)` uses it.
+
+    **Arguments:**
+
+    - `ts`: the grid, $n + 1$ strictly monotone times, in the time variable the solver
+      steps in (for `sample_sde` that is the sampler's coordinates: $-\lambda$ for
+      `"ddim_eta"` and `"sde_dpmpp_2m"`, $\bar\sigma$ for `"heun_edm_churn"`).
+    - `normals`: the standard normals, shape `(n, *shape)`, row $k$ for the cell from
+      `ts[k]` to `ts[k + 1]`.
+
+    **Example:**
+
+    ```python
+    path = GridNoisePath(jnp.array([0.0, 0.5, 2.0]), jnp.array([[1.0], [-2.0]]))
+    path.evaluate(0.5, 2.0)  # [-2 sqrt(1.5)]
+    ```
+    """
+
+    ts: jax.Array
+    normals: jax.Array
+    levy_area: ClassVar = diffrax.BrownianIncrement
+
+    def __init__(self, ts, normals):
+        ts, normals = jnp.asarray(ts), jnp.asarray(normals)
+        if ts.ndim != 1 or ts.shape[0] < 2:
+            raise ValueError(
+                f"`ts` must be a 1-D grid of at least 2 times, got shape {ts.shape}."
+            )
+        if normals.ndim < 1 or normals.shape[0] != ts.shape[0] - 1:
+            raise ValueError(
+                f"`normals` needs one row per cell of `ts` ({ts.shape[0] - 1}), got "
+                f"shape {normals.shape}."
+            )
+        if not jnp.issubdtype(normals.dtype, jnp.floating):
+            raise TypeError(f"`normals` must be floating, got dtype {normals.dtype}.")
+        self.ts = ts
+        self.normals = normals
+
+    @property
+    def shape(self):
+        return jax.ShapeDtypeStruct(self.normals.shape[1:], self.normals.dtype)
+
+    @property
+    def t0(self):
+        return jnp.minimum(self.ts[0], self.ts[-1])
+
+    @property
+    def t1(self):
+        return jnp.maximum(self.ts[0], self.ts[-1])
+
+    def _cell(self, t):
+        """The cell holding `t` (clipped to the grid), and its signed length."""
+        forward = self.ts[-1] > self.ts[0]
+        before = jnp.where(forward, self.ts < t, self.ts > t)
+        k = jnp.clip(jnp.sum(before) - 1, 0, self.ts.shape[0] - 2)
+        return k, self.ts[k + 1] - self.ts[k]
+
+    def _value(self, t):
+        # W at the grid points: the cumulative increments from ts[0], in the grid's
+        # direction; in between, linear.
+        dt = jnp.diff(self.ts)
+        rows = self.normals.reshape(self.normals.shape[0], -1)
+        sizes = (jnp.sqrt(jnp.abs(dt)) * jnp.sign(dt)).astype(rows.dtype)
+        steps = rows * sizes[:, None]
+        at_grid = jnp.concatenate([jnp.zeros_like(steps[:1]), jnp.cumsum(steps, 0)])
+        k, h = self._cell(t)
+        frac = jnp.clip((t - self.ts[k]) / h, 0, 1).astype(rows.dtype)
+        out = at_grid[k] + frac * steps[k]
+        return out.reshape(self.normals.shape[1:])
+
+    def evaluate(self, t0, t1=None, left: bool = True, use_levy: bool = False):
+        """Implements `diffrax.AbstractBrownianPath.evaluate`: $W(t_0)$, or the
+        increment $W(t_1) - W(t_0)$ (class notes)."""
+        del left
+        t0 = jax.lax.stop_gradient(jnp.asarray(t0))
+        if t1 is None:
+            w = self._value(t0)
+            dt = t0 - self.ts[0]
+        else:
+            t1 = jax.lax.stop_gradient(jnp.asarray(t1))
+            dt = t1 - t0
+            k, _ = self._cell(0.5 * (t0 + t1))
+            lo = jnp.minimum(self.ts[k], self.ts[k + 1])
+            hi = jnp.maximum(self.ts[k], self.ts[k + 1])
+            inside = (jnp.minimum(t0, t1) >= lo) & (jnp.maximum(t0, t1) <= hi)
+            size = (jnp.sqrt(jnp.abs(dt)) * jnp.sign(dt)).astype(self.normals.dtype)
+            w = jnp.where(
+                inside, self.normals[k] * size, self._value(t1) - self._value(t0)
+            )
+        if use_levy:
+            return diffrax.BrownianIncrement(dt=dt, W=w)
+        return w
 
 
 def _check_eta(eta, at_most=None, sampler=None):
@@ -252,7 +369,15 @@ def _pc_langevin(denoiser, schedule, x, times, cond, key, eta, options):
     return x
 
 
-def _brownian(key, x):
+class _Replay(NamedTuple):
+    """Given per-step normals in place of a PRNG key (`sample_sde(..., noise=...)`)."""
+
+    normals: jax.Array
+
+
+def _brownian(key, x, grid):
+    if isinstance(key, _Replay):
+        return GridNoisePath(grid, key.normals.astype(x.dtype))
     # Exact N(0, |t1 - t0|) increments on every step, whatever the grid; the solvers
     # normalise them (`odelab.solvers.stochastic_exponential`). Keyed by the interval,
     # so the recomputation of a checkpointed step draws the same noise.
@@ -276,7 +401,7 @@ def _solve_in(space, drift, scale, solver, schedule, x, times, cond, key, to_zer
     grid = coords.time(times).astype(x.dtype)
     if to_zero:
         grid = jnp.concatenate([grid, jnp.zeros(1, x.dtype)])
-    terms = diffrax.MultiTerm(drift, _additive(scale, _brownian(key, x)))
+    terms = diffrax.MultiTerm(drift, _additive(scale, _brownian(key, x, grid)))
     y0 = x / coords.scale(times[0]).astype(x.dtype)
     n = grid.shape[0] - 1
     y = fixed_step_solve(terms, solver, y0, cond, grid, None, (n,))[0][0]
@@ -319,12 +444,29 @@ def _heun_edm_churn(denoiser, schedule, x, times, cond, key, options, to_zero):
     )
 
 
+def _check_noise(noise, sampler, x, n_steps):
+    if sampler not in NOISE_SAMPLERS:
+        raise ValueError(
+            f"`noise` is taken by the samplers {', '.join(NOISE_SAMPLERS)}, not "
+            f"{sampler!r}; give it a `key`."
+        )
+    noise = jnp.asarray(noise)
+    want = (n_steps, *x.shape)
+    if noise.shape != want:
+        raise ValueError(
+            f"`noise` must have one row per step of the grid, shape {want}, got "
+            f"{noise.shape}."
+        )
+    return noise
+
+
 def sample_sde(
     model: Callable,
     x_t,
     schedule: AbstractSchedule,
     *,
-    key,
+    key=None,
+    noise=None,
     prediction: str = "eps",
     sampler: str = "euler_maruyama",
     steps: int = 100,
@@ -390,7 +532,18 @@ def sample_sde(
     - `model`: `model(x, t, *cond)` for one state `x` (vmap over a batch).
     - `x_t`: the starting noise, any array shape the model takes.
     - `schedule`: an `odelab.diffusion.schedules` schedule.
-    - `key`: the PRNG key of the sampler's noise.
+    - `key`: the PRNG key of the sampler's noise (unused, and may be omitted, with
+      `noise`).
+    - `noise`: instead of `key`, the standard normals of the steps, shape
+      `(n_steps, *x_t.shape)`, row $k$ the $z$ of step $k$ (a `GridNoisePath` over the
+      sampler's grid): one row per step of the grid, i.e. `steps - 1` on diffusers'
+      grids (whose last step is the final denoising, noise-free) and `steps` on the
+      others, plus one for `"heun_edm_churn"` with `final_denoise` (its last step,
+      to $\bar\sigma = 0$, churns). E.g. diffusers' `variance_noise` of each `step`
+      but the last, to reproduce its `DDIMScheduler(eta=...)` or
+      `DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")` exactly
+      (`tests/diffusion/test_diffusers_stochastic_parity.py`). For `"ddim_eta"`,
+      `"sde_dpmpp_2m"`, `"dpmpp_2m_sde"` and `"heun_edm_churn"`.
     - `prediction`: what `model` predicts (`sampling.PREDICTIONS`).
     - `sampler`: a name in `SDE_SAMPLERS`.
     - `steps`, `grid`: the time grid (`time_grid`'s kinds, or an array of times).
@@ -406,7 +559,12 @@ def sample_sde(
 
     **Returns:** the sample, shaped like `x_t`.
 
+    On diffusers' `"leading"` grid `"ddim_eta"` takes `DDIMScheduler`'s timesteps
+    (ratio $N/$`steps`, ending at 0), as `sample(..., sampler="ddim")` does.
+
     **Raises:** `ValueError` for an unknown `sampler`, `prediction` or option,
+    `noise` of the wrong shape or for a sampler outside `NOISE_SAMPLERS`, neither
+    `noise` nor `key`,
     `steps < 1`, `eta < 0` (or `eta > 1` with `"ddim_eta"`, `eta != 1` with
     `"dpmpp_2m_sde"`), `snr <= 0`, `corrector_steps < 0`, `s_churn < 0`,
     `s_noise <= 0` or `s_tmin > s_tmax`; `TypeError` for a non-floating `x_t`.
@@ -460,8 +618,18 @@ def sample_sde(
     x = jnp.asarray(x_t)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"`x_t` must be a floating array, got dtype {x.dtype}.")
-    times = jnp.asarray(time_grid(schedule, steps, grid)).astype(x.dtype)
+    # DDIMScheduler's "leading" differs from the multistep schedulers' (as in
+    # `sampling.sample`); its other grids coincide with theirs or are none.
+    ddim_leading = sampler == "ddim_eta" and isinstance(grid, str) and grid == "leading"
+    convention = "ddim" if ddim_leading else "multistep"
+    times = jnp.asarray(time_grid(schedule, steps, grid, convention=convention))
+    times = times.astype(x.dtype)
     cond = tuple(cond)
+    if noise is not None:
+        to_zero = int(sampler == "heun_edm_churn" and bool(final_denoise))
+        key = _Replay(_check_noise(noise, sampler, x, times.shape[0] - 1 + to_zero))
+    elif key is None:
+        raise ValueError("`sample_sde` needs `key` (or the steps' `noise`).")
     if sampler == "heun_edm_churn":
         if times.shape[0] > 1 or final_denoise:
             args = (denoiser, schedule, x, times, cond, key, options, final_denoise)
