@@ -67,6 +67,11 @@ def _reuse_coefficients(solver, term, t0, t1, h, h_cached, cached):
     """`(h, coefficients)` for this step: the cached ones while the step repeats
     (within a few ulps of |t|: a fixed grid's steps differ by its times' round-off,
     and the step then taken is the cached one), else freshly computed."""
+    if term.kind == "scalar":
+        # φ of a scalar costs a few dozen flops: always fresh. The cache would also
+        # send the gradient with respect to a repeated step size (a uniform grid's,
+        # when the grid itself is differentiated) to the step that filled it.
+        return h, solver._coefficients(term, h)
     scale = jnp.maximum(jnp.maximum(jnp.abs(t0), jnp.abs(t1)), jnp.abs(h))
     eps = jnp.finfo(jnp.result_type(h)).eps
     same = jnp.abs(h - h_cached) <= 8 * eps * scale

@@ -74,12 +74,6 @@ def test_init_reproduces_the_named_grid(kind, learn_end):
     )
 
 
-@pytest.mark.xfail(
-    reason="open: autodiff and central differences disagree here (not yet explained); "
-    "the same gradient w.r.t. one grid time matches finite differences to 1e-10 "
-    "outside this test",
-    strict=False,
-)
 @pytest.mark.x64
 def test_gradient_of_the_sample_matches_finite_differences():
     _, sched, model, x = _problem(jnp.float64, n=2)
