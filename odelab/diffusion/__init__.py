@@ -9,18 +9,35 @@ sampling of the reverse SDE (`sde`: Euler–Maruyama, predictor–corrector Lang
 DDIM with η > 0, SDE-DPM-Solver++(2M)), and MixGRPO's mixed ODE–SDE sampling with the
 Gaussian log-probabilities of its stochastic steps (`mixed`). Mean-reverting diffusion
 (IR-SDE) and its MR Sampler, DPM-Solver(++) in the centred variable (`mean_reverting`).
+Gradients through samplers (`sample(..., adjoint="checkpoint"|"adjoint_dpm"|
+"reversible")`), learned time grids (`learned_grid`), and their applications: noise
+optimisation and reward fine-tuning (`finetune`) of a small DSM-trained model (`dsm`).
 """
 
 from . import (
     analytic as analytic,
+    dsm as dsm,
+    finetune as finetune,
     inversion as inversion,
+    learned_grid as learned_grid,
     mean_reverting as mean_reverting,
     mixed as mixed,
     sampling as sampling,
     schedules as schedules,
     sde as sde,
 )
+from .dsm import EpsMLP as EpsMLP, train_denoiser as train_denoiser
+from .finetune import (
+    finetune_reward as finetune_reward,
+    optimize_noise as optimize_noise,
+)
 from .inversion import invert as invert
+from .learned_grid import (
+    GridParams as GridParams,
+    fit_grid as fit_grid,
+    load_grid as load_grid,
+    save_grid as save_grid,
+)
 from .mean_reverting import (
     MeanReverting as MeanReverting,
     mean_reverting_denoiser as mean_reverting_denoiser,
