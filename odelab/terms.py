@@ -133,4 +133,6 @@ class SemilinearTerm(diffrax.AbstractTerm):
         """Apply one of `phis`' operators to a state-shaped `v`."""
         if self.kind == "dense":
             return jtu.tree_map(lambda x: op @ x, v)
-        return jtu.tree_map(lambda x: (op * x).astype(x.dtype), v)
+        # The operator may be wider than the state (float64 schedule math, float32
+        # state): cast it, not the product, so that strict promotion holds.
+        return jtu.tree_map(lambda x: jnp.asarray(op, x.dtype) * x, v)

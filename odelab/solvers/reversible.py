@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -144,8 +145,9 @@ class BDIA(AbstractReversibleSolver):
 
     def init(self, terms, t0, t1, y0, args):
         # (z_{n-1}, t_{n-1}, started): before the first step nothing precedes y0.
+        # t_{n-1} keeps the time's dtype (float64 times may drive a float32 state).
         dtype = jnp.result_type(*jtu.tree_leaves(y0))
-        return (y0, jnp.asarray(t0, dtype), jnp.zeros((), dtype))
+        return (y0, jnp.asarray(t0), jnp.zeros((), dtype))
 
     def _gamma(self, terms, t_prev, t1, dtype):
         if self.scale is None:
@@ -187,7 +189,7 @@ class BDIA(AbstractReversibleSolver):
         g = self._gamma(terms, t_prev, t1, started.dtype) * started
         y1 = _axpy((g, z_prev), (1.0 - g, y0), (-g, backward), (1.0, forward))
         dense_info = dict(y0=y0, y1=y1)
-        state = (y0, jnp.asarray(t0, started.dtype), jnp.ones_like(started))
+        state = (y0, jnp.asarray(t0, t_prev.dtype), jnp.ones_like(started))
         return y1, None, dense_info, state, diffrax.RESULTS.successful
 
     def backward_step(self, terms, t_prev, t0, t1, y1, args, solver_state, first):
@@ -491,12 +493,19 @@ def amplification_matrix(solver, z) -> jnp.ndarray:
     state = solver.init(term, 0.0, 1.0, y0, alpha)
     # One step first, so that start-up steps (BDIA's base step) are behind us.
     y1, _, _, state, _ = solver.step(term, 0.0, 1.0, y0, alpha, state, False)
-    flat, unravel = jax.flatten_util.ravel_pytree((y1, state))
+
+    # The carried state proper has y's complex dtype; other leaves (a previous time,
+    # a step counter) are held fixed.
+    def carried(x):
+        return eqx.is_array(x) and x.dtype == alpha.dtype
+
+    dynamic, static = eqx.partition((y1, state), carried)
+    flat, unravel = jax.flatten_util.ravel_pytree(dynamic)
 
     def one_step(v):
-        y, s = unravel(v)
+        y, s = eqx.combine(unravel(v), static)
         y2, _, _, s2, _ = solver.step(term, 1.0, 2.0, y, alpha, s, False)
-        return jax.flatten_util.ravel_pytree((y2, s2))[0]
+        return jax.flatten_util.ravel_pytree(eqx.filter((y2, s2), carried))[0]
 
     return jax.jacfwd(one_step, holomorphic=True)(flat.astype(alpha.dtype))
 
