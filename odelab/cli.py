@@ -150,19 +150,21 @@ def _train(argv):
     ns = parser.parse_args(argv)
     from .config import ConfigError, load_config
 
-    if ns.cache_dir:
-        from ._cache import enable_compilation_cache
-        from ._checks import errors_as_nan
-
-        enable_compilation_cache(ns.cache_dir)
-        # A step with host callbacks (raising run-time checks) is never cached;
-        # the loop names a failed solve from its result code instead.
-        errors_as_nan()
     source = ns.config
     if source is None:
         source = DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else {}
     try:
         task = _task_of(source)
+        if ns.cache_dir and task == "neural_ode":
+            from ._cache import enable_compilation_cache
+            from ._checks import errors_as_nan
+
+            enable_compilation_cache(ns.cache_dir)
+            # A step with host callbacks (raising run-time checks) is never cached;
+            # the loop names a failed solve from its result code instead. Only the
+            # neural-ODE loop reads result codes from a NaN loss; the other tasks
+            # keep raising checks (errors_as_nan is process-wide).
+            errors_as_nan()
         if task != "neural_ode":
             module = importlib.import_module(TRAIN_TASKS[task])
             metrics = module.run_task(source, ns.overrides)

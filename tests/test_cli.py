@@ -101,3 +101,16 @@ def test_train_bad_config_is_one_line(tmp_path, capsys):
     assert "\n" not in err
     assert main(["train", "--set", "model.widht=3", "--cache-dir", ""]) == 2
     assert "did you mean `width`" in capsys.readouterr().err
+
+
+def test_other_tasks_leave_runtime_checks_raising(tmp_path):
+    # `odelab train` turns run-time checks into NaNs (process-wide) for the neural-ODE
+    # loop only; a sampler task must leave them raising, or every later check in the
+    # process would pass silently.
+    import equinox._errors as eqx_errors
+
+    before = eqx_errors.EQX_ON_ERROR
+    path = tmp_path / "bad.yaml"
+    path.write_text("task: learn_grid\nsampler: {nme: unipc}\n")
+    assert main(["train", str(path), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert eqx_errors.EQX_ON_ERROR == before  # noqa: SIM300

@@ -162,7 +162,8 @@ def _tiny(tmp_path):
 def test_odelab_train_writes_grid_metrics_and_plot(tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(_tiny(tmp_path)))
-    assert main(["train", str(path), "--set", "training.iterations=12"]) == 0
+    argv = ["train", str(path), "--set", "training.iterations=12", "--cache-dir", ""]
+    assert main(argv) == 0
     out = tmp_path / "tiny"
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["losses"]) == 12 and metrics["steps"] == 3
@@ -207,7 +208,7 @@ def test_config_errors(tmp_path, change, overrides, match):
 def test_cli_reports_a_bad_config(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**_tiny(tmp_path), "sampler": {"steps": 5}}))
-    assert main(["train", str(path)]) == 2
+    assert main(["train", str(path), "--cache-dir", ""]) == 2
     assert "unknown key `steps`" in capsys.readouterr().err
     assert not (tmp_path / "tiny").exists()
 
