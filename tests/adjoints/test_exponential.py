@@ -276,3 +276,16 @@ def test_mlp_weights_get_the_continuous_gradient():
         _max_error(grad(params, x_t, "adjoint_dpm", n), ref) / scale for n in (25, 50)
     ]
     assert errors[1] < 2e-3 and errors[1] < errors[0] / 4, errors
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("sampler", ["bdia", "edict"])
+def test_reversible_sampler_gradients_equal_checkpointing(sampler):
+    # adjoint="reversible" through the reversible samplers: the exact discrete gradient
+    # with respect to x_T, the model's weights (closure-converted) and the conditioning.
+    x_t = jax.random.normal(jax.random.key(6), (2,), jnp.float64)
+    means, scale = _mixture().means, jnp.asarray(0.9)
+    ref = _SAMPLE_GRAD(x_t, means, scale, sampler, "checkpoint", 20)
+    got = _SAMPLE_GRAD(x_t, means, scale, sampler, "reversible", 20)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
