@@ -648,3 +648,60 @@ def atomic_write(path: str, write) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
+
+
+def read_job_config(
+    source,
+    overrides: Sequence[str],
+    sections: Mapping[str, type],
+    what: str,
+    top: Sequence[str] = ("name",),
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a job config (a YAML path or a mapping) made of top-level values (`top`,
+    e.g. `name`, `task`) and sections of `_Section` dataclasses, applying
+    `section.key=value` (or `name=value`) overrides; returns `(top values given,
+    {section: instance})`. Unknown sections and keys, non-mapping sections and
+    malformed overrides raise `ConfigError` with a one-line message (and a
+    did-you-mean); what each section's dataclass checks, it checks itself. Shared by
+    `odelab sample` and the `odelab train` tasks other than the neural ODE."""
+    raw = dict(source) if isinstance(source, Mapping) else _read_yaml(Path(source))
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a {what} config must be a mapping of sections")
+    tree: dict[str, Any] = {
+        k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()
+    }
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or (not dot and section not in top):
+            raise ConfigError(f"override {text!r} must look like section.key=value")
+        value = yaml.load(value, Loader=_Loader)
+        if not dot:
+            tree[section] = value
+            continue
+        if not isinstance(tree.setdefault(section, {}), dict):
+            raise ConfigError(f"section `{section}` must be a mapping")
+        tree[section][field] = value
+    tops = {k: tree.pop(k) for k in top if k in tree}
+    built = {}
+    for section, values in tree.items():
+        if section not in sections:
+            valid = [*top, *sections]
+            raise ConfigError(
+                f"unknown section `{section}`; valid: {', '.join(valid)}"
+                + _did_you_mean(section, valid)
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"section `{section}` must be a mapping")
+        names = [f.name for f in dataclasses.fields(sections[section])]
+        for key in values:
+            if key not in names:
+                raise ConfigError(
+                    f"unknown key `{key}` in section `{section}`; valid keys: "
+                    f"{', '.join(names)}" + _did_you_mean(key, names)
+                )
+        built[section] = sections[section](**values)
+    if "name" in tops and (not isinstance(tops["name"], str) or not tops["name"]):
+        raise ConfigError("`name` must be a non-empty string")
+    return tops, built

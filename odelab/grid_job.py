@@ -30,19 +30,15 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, ClassVar
-
-import yaml
+from typing import ClassVar
 
 from .config import (
     ConfigError,
     _did_you_mean,
-    _Loader,
     _nonnegative,
     _positive,
-    _read_yaml,
     _Section,
+    read_job_config,
 )
 from .sample_job import SampleModelConfig, ScheduleConfig, _schedule
 
@@ -149,49 +145,13 @@ class LearnGridConfig:
 def load_grid_config(source, overrides: Sequence[str] = ()) -> LearnGridConfig:
     """Read and check a learn-grid config (a YAML path or a mapping), applying
     `section.key=value` overrides; raises `ConfigError` with a one-line message."""
-    raw = dict(source) if isinstance(source, dict) else _read_yaml(Path(source))
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError("a learn-grid config must be a mapping of sections")
-    tree: dict[str, Any] = {
-        k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()
-    }
-    for text in overrides:
-        key, sep, value = text.partition("=")
-        section, dot, field = key.partition(".")
-        if not sep or (not dot and section not in ("name", "task")):
-            raise ConfigError(f"override {text!r} must look like section.key=value")
-        value = yaml.load(value, Loader=_Loader)
-        if dot:
-            if not isinstance(tree.setdefault(section, {}), dict):
-                raise ConfigError(f"section `{section}` must be a mapping")
-            tree[section][field] = value
-        else:
-            tree[section] = value
-    task = tree.pop("task", "learn_grid")
+    tops, sections = read_job_config(
+        source, overrides, _SECTIONS, "learn-grid", top=("task", "name")
+    )
+    task = tops.get("task", "learn_grid")
     if task != "learn_grid":
         raise ConfigError(f"`task` must be learn_grid for this job, got {task!r}")
-    name = tree.pop("name", "learn_grid")
-    if not isinstance(name, str) or not name:
-        raise ConfigError("`name` must be a non-empty string")
-    sections = {}
-    for section, values in tree.items():
-        if section not in _SECTIONS:
-            valid = ["task", "name", *_SECTIONS]
-            raise ConfigError(
-                f"unknown section `{section}`; valid: {', '.join(valid)}"
-                + _did_you_mean(section, valid)
-            )
-        if not isinstance(values, dict):
-            raise ConfigError(f"section `{section}` must be a mapping")
-        names = [f.name for f in dataclasses.fields(_SECTIONS[section])]
-        for key in values:
-            if key not in names:
-                raise ConfigError(
-                    f"unknown key `{key}` in section `{section}`; valid keys: "
-                    f"{', '.join(names)}" + _did_you_mean(key, names)
-                )
-        sections[section] = _SECTIONS[section](**values)
+    name = tops.get("name", "learn_grid")
     config = LearnGridConfig(name=name, **sections)
     _check(config)
     return config

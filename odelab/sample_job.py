@@ -24,12 +24,9 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import yaml
-
-from .config import ConfigError, _did_you_mean, _Loader, _positive, _read_yaml, _Section
+from .config import ConfigError, _did_you_mean, _positive, _Section, read_job_config
 
 
 SCHEDULE_KINDS = ("vp_discrete", "vp_linear", "vp_cosine")
@@ -124,42 +121,8 @@ class SampleConfig:
 def load_sample_config(source, overrides: Sequence[str] = ()) -> SampleConfig:
     """Read and check a sample config (a YAML path or a mapping), applying
     `section.key=value` overrides; raises `ConfigError` with a one-line message."""
-    raw = dict(source) if isinstance(source, dict) else _read_yaml(Path(source))
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError("a sample config must be a mapping of sections")
-    tree: dict[str, Any] = {
-        k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()
-    }
-    for text in overrides:
-        key, sep, value = text.partition("=")
-        section, dot, field = key.partition(".")
-        if not sep or not dot:
-            raise ConfigError(f"override {text!r} must look like section.key=value")
-        tree.setdefault(section, {})[field] = yaml.load(value, Loader=_Loader)
-    sections = {}
-    for section, values in tree.items():
-        if section == "name":
-            continue
-        if section not in _SECTIONS:
-            raise ConfigError(
-                f"unknown section `{section}`; valid: name, {', '.join(_SECTIONS)}"
-                + _did_you_mean(section, list(_SECTIONS))
-            )
-        if not isinstance(values, dict):
-            raise ConfigError(f"section `{section}` must be a mapping")
-        names = [f.name for f in dataclasses.fields(_SECTIONS[section])]
-        for key in values:
-            if key not in names:
-                raise ConfigError(
-                    f"unknown key `{key}` in section `{section}`; valid keys: "
-                    f"{', '.join(names)}" + _did_you_mean(key, names)
-                )
-        sections[section] = _SECTIONS[section](**values)
-    name = tree.get("name", "sample")
-    if not isinstance(name, str) or not name:
-        raise ConfigError("`name` must be a non-empty string")
-    return SampleConfig(name=name, **sections)
+    tops, sections = read_job_config(source, overrides, _SECTIONS, "sample")
+    return SampleConfig(name=tops.get("name", "sample"), **sections)
 
 
 def _schedule(cfg: ScheduleConfig):

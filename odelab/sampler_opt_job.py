@@ -31,16 +31,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
 from .config import (
     ConfigError,
     _did_you_mean,
-    _Loader,
     _nonnegative,
     _positive,
     _read_yaml,
     _Section,
+    read_job_config,
 )
 
 
@@ -201,50 +199,17 @@ def load_task_config(source, overrides: Sequence[str] = ()) -> SamplerOptConfig:
     """Read and check a config (a YAML path or a mapping) with `section.key=value`
     overrides; raises `ConfigError` with a one-line message."""
     raw = dict(source) if isinstance(source, dict) else _read_yaml(Path(source))
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError("a task config must be a mapping of sections")
-    task = raw.get("task")
+    task = (raw or {}).get("task") if isinstance(raw, dict) else None
     if task not in TASKS:
         raise ConfigError(
             f"`task` must be one of {', '.join(TASKS)}; got {task!r}"
             + _did_you_mean(task, TASKS)
         )
-    tree: dict[str, Any] = {
-        k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()
-    }
-    for text in overrides:
-        key, sep, value = text.partition("=")
-        section, dot, field = key.partition(".")
-        if not sep or not dot:
-            raise ConfigError(f"override {text!r} must look like section.key=value")
-        if not isinstance(tree.setdefault(section, {}), dict):
-            raise ConfigError(f"section `{section}` must be a mapping")
-        tree[section][field] = yaml.load(value, Loader=_Loader)
     classes = _SECTIONS[task]
-    sections = {}
-    for section, values in tree.items():
-        if section in ("task", "name"):
-            continue
-        if section not in classes:
-            valid = ["task", "name", *classes]
-            raise ConfigError(
-                f"unknown section `{section}` for task {task}; valid: "
-                f"{', '.join(valid)}" + _did_you_mean(section, valid)
-            )
-        if not isinstance(values, dict):
-            raise ConfigError(f"section `{section}` must be a mapping")
-        names = [f.name for f in dataclasses.fields(classes[section])]
-        for key in values:
-            if key not in names:
-                raise ConfigError(
-                    f"unknown key `{key}` in section `{section}`; valid keys: "
-                    f"{', '.join(names)}" + _did_you_mean(key, names)
-                )
-        sections[section] = classes[section](**values)
-    name = tree.get("name", task)
-    if not isinstance(name, str) or not name:
-        raise ConfigError("`name` must be a non-empty string")
+    tops, sections = read_job_config(
+        raw, overrides, classes, f"{task} task", top=("task", "name")
+    )
+    name = tops.get("name", task)
     opt_key = "optimize" if task == "optimize_noise" else "finetune"
     built = {s: sections.get(s) or cls() for s, cls in classes.items()}
     return SamplerOptConfig(
