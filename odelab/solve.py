@@ -7,6 +7,7 @@ import lineax as lx
 
 from . import _checks, _engine, _plan
 from ._names import ADJOINTS, ODE_SOLVERS, SDE_SOLVERS, resolve
+from .brownian import BrownianIncrements
 from .solvers.exponential import AbstractExponentialRK
 from .terms import SemilinearTerm
 
@@ -174,10 +175,17 @@ def solve_sde(
     - `solver`: a name (`"euler"` (Euler–Maruyama, Itô), `"milstein"`, `"heun"`,
       `"euler_heun"`, `"reversible_heun"`, `"sra1"`, `"shark"`, `"sea"`, `"spark"`,
       ...) or any diffrax SDE solver.
-    - `brownian`: `"virtual_tree"` (`diffrax.VirtualBrownianTree`: any step size,
-      reproducible, differentiable) or `"unsafe"` (`diffrax.UnsafeBrownianPath`:
-      fastest; fixed steps forward in time only; reverse-mode gradients only on the
-      lean path, i.e. concrete `ts`/`dt0` or `steps` with the default adjoint).
+    - `brownian`: how the Brownian path is made from `key`:
+        - `"virtual_tree"` (`diffrax.VirtualBrownianTree`): any step size,
+          reproducible, differentiable; a tree descent per query.
+        - `"increments"` (`odelab.brownian.BrownianIncrements`): the `steps`
+          increments of the uniform grid drawn in one call, each step reading its
+          own: the fast choice for fixed steps (needs `steps=`), differentiable.
+        - `"unsafe"` (`diffrax.UnsafeBrownianPath`): fixed steps forward in time only;
+          reverse-mode gradients only on the lean path, i.e. concrete `ts`/`dt0` or
+          `steps` with the default adjoint.
+        - or a `diffrax.AbstractBrownianPath` of shape `brownian_shape`, used as
+          given (`key` is then ignored).
     - `dt0`/`steps`: fixed step (default `steps=100` when neither is given and no
       controller is passed).
     - the rest: as in `solve`.
@@ -228,12 +236,20 @@ def solve_sde(
         args,
         expected=jax.ShapeDtypeStruct(diffusion_shape, y0.dtype),
     )
-    if brownian not in ("virtual_tree", "unsafe"):
+    given_path = isinstance(brownian, diffrax.AbstractBrownianPath)
+    if not given_path and brownian not in ("virtual_tree", "increments", "unsafe"):
         raise ValueError(
-            f"Unknown `brownian={brownian!r}`; valid: 'virtual_tree', 'unsafe'."
+            f"Unknown `brownian={brownian!r}`; valid: 'virtual_tree', 'increments', "
+            "'unsafe', or a `diffrax.AbstractBrownianPath`."
         )
     if dt0 is None and steps is None and stepsize_controller is None:
         steps = 100
+    if brownian == "increments" and steps is None:
+        raise ValueError(
+            "`brownian='increments'` pre-samples one increment per step of a uniform "
+            "grid: pass `steps=` (not `dt0` or a step-size controller), or use "
+            "brownian='virtual_tree'."
+        )
     if brownian == "unsafe" and stepsize_controller is not None:
         raise ValueError("`brownian='unsafe'` works with fixed steps only.")
     if (
@@ -248,7 +264,23 @@ def solve_sde(
     t0, t1 = ts[0], ts[-1]
     lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
     levy = _levy_area(solver)
-    if brownian == "unsafe":
+    if given_path:
+        bm = brownian
+        given_shape = jax.eval_shape(lambda: bm.evaluate(t0, t1)).shape
+        if given_shape != bm_shape:
+            raise ValueError(
+                f"The given Brownian path has shape {given_shape}, but noise="
+                f"{noise!r} needs {bm_shape}."
+            )
+    elif brownian == "increments":
+        if levy is not diffrax.BrownianIncrement:
+            raise ValueError(
+                f"`{type(solver).__name__}` needs Levy area ({levy.__name__}), "
+                "which `brownian='increments'` does not carry; use "
+                "brownian='virtual_tree'."
+            )
+        bm = BrownianIncrements.sample(t0, t1, steps, bm_shape, key, y0.dtype)
+    elif brownian == "unsafe":
         bm = diffrax.UnsafeBrownianPath(shape=bm_shape, key=key, levy_area=levy)
     else:
         if steps is not None:

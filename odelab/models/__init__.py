@@ -4,3 +4,4 @@ from .neural_ode import (
     AugmentedNeuralODE as AugmentedNeuralODE,
     NeuralODE as NeuralODE,
 )
+from .neural_sde import NeuralSDE as NeuralSDE
