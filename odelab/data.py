@@ -1,11 +1,17 @@
 r"""Embedded datasets, generated in code from a PRNG key: nothing is downloaded or read.
 
 - time series as a `Dataset`: `spirals` (a linear 2-D ODE, two directions),
-  `irregular_series` (damped oscillators at irregular times, with missing values);
+  `irregular_series` (damped oscillators at irregular times, with missing values),
+  `irregular_spirals` (the spirals at irregular times, with missing values);
+- exact stochastic-process paths with their exact moments, to compare a neural SDE
+  against: `ou_process` (`ou_moments`, `ou_covariance`, `ou_stationary_covariance`)
+  and `gbm_process` (`gbm_moments`);
 - 2-D densities as samples of shape `(n, 2)`: `moons`, `eight_gaussians`,
   `checkerboard`, `swiss_roll`, as in the FFJORD and flow-matching literature;
 - `digits`: scikit-learn's bundled 8×8 digits (needs `scikit-learn`);
-- `split`, `batches` (one shuffled epoch) and `sample_batch` (one random batch, jittable).
+- `split`, `batches` (one shuffled epoch) and `sample_batch` (one random batch, jittable);
+  `split_times` (context and target points of each series, for interpolation or
+  extrapolation).
 
 Every generator is a pure function of its key and arguments. Floats come in JAX's
 default float dtype (float32, or float64 under `jax_enable_x64`), labels as int32.
@@ -567,3 +573,429 @@ def digits(key: PRNGKeyArray | None = None) -> Dataset:
     if key is None:
         return dataset
     return _take(dataset, jr.permutation(key, len(dataset)))
+
+
+def irregular_spirals(
+    key: PRNGKeyArray,
+    n_series: int = 256,
+    n_times: int = 50,
+    missing_rate: float = 0.3,
+    t1: float = 2 * math.pi,
+    noise: float = 0.01,
+    decay: float = 0.1,
+    frequency: float = 1.0,
+) -> Dataset:
+    r"""The 2-D spirals of `spirals`, observed at irregular times with missing values.
+
+    Each series solves $\dot y = A_s y$,
+    $A_s = \begin{pmatrix} -a & s b \\ -s b & -a \end{pmatrix}$ ($a$ the decay, $b$
+    the frequency), in closed form
+    $y(t) = e^{-a t} \begin{pmatrix} \cos sbt & \sin sbt \\ -\sin sbt & \cos sbt
+    \end{pmatrix} y_0$, from $y_0$ on the ring $0.75 \le |y_0| \le 1.25$ (uniform
+    angle and radius). The first $\lfloor N/2 \rfloor$ series turn clockwise
+    ($s = 1$, label 0), the rest anticlockwise ($s = -1$, label 1). Each series has
+    its own times, sorted uniform draws on $[0, t_1]$ (independent draws, so in
+    float32 two times of a series coincide now and then). Values are
+    $y(t_k) + \sigma \varepsilon$, $\varepsilon \sim N(0, I)$, and each entry is
+    dropped independently with probability $p$: `mask` is `False` there and the value
+    is set to **0**, as in `irregular_series`.
+
+    **Arguments:**
+
+    - `key`: a PRNG key.
+    - `n_series`: $N$.
+    - `n_times`: observation times per series (before dropping).
+    - `missing_rate`: $p \in [0, 1)$.
+    - `t1`: the final time $t_1$ (default one turn for $b = 1$).
+    - `noise`: the observation noise $\sigma \ge 0$.
+    - `decay`, `frequency`: $a$ and $b$.
+
+    **Returns:** a `Dataset` with `ts` `(n_series, n_times)`, `ys`
+    `(n_series, n_times, 2)`, `mask` of the shape of `ys` and `labels` `(n_series,)`
+    int32 (0 clockwise, 1 anticlockwise).
+
+    **Raises:** `ValueError` if `missing_rate` is outside $[0, 1)$, a count is not
+    positive, or `noise` is negative.
+
+    ```python
+    data = odelab.data.irregular_spirals(jr.key(0), 128, 40, missing_rate=0.5)
+    context, target = odelab.data.split_times(data, "interpolation", key=jr.key(1))
+    ```
+
+    **Reference:** the irregularly sampled spirals of Y. Rubanova, R. T. Q. Chen and
+    D. Duvenaud, *Latent ODEs for Irregularly-Sampled Time Series*, NeurIPS 2019,
+    arXiv:1907.03907 (after Chen et al., NeurIPS 2018, arXiv:1806.07366).
+    """
+    _check_count("n_series", n_series)
+    _check_count("n_times", n_times)
+    _check_noise(noise)
+    _check_missing_rate(missing_rate)
+    return _irregular_spirals(
+        key, n_series, n_times, missing_rate, t1, noise, decay, frequency
+    )
+
+
+def _check_missing_rate(missing_rate: float) -> None:
+    if not 0.0 <= missing_rate < 1.0:
+        raise ValueError(
+            f"`missing_rate` is the fraction of entries dropped and must lie in "
+            f"[0, 1); got {missing_rate!r}."
+        )
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _irregular_spirals(
+    key, n_series, n_times, missing_rate, t1, noise, decay, frequency
+):
+    dtype = _float_dtype()
+    angle_key, radius_key, time_key, noise_key, mask_key = jr.split(key, 5)
+    angle = jr.uniform(angle_key, (n_series, 1), dtype, 0.0, 2 * math.pi)
+    radius = jr.uniform(radius_key, (n_series, 1), dtype, 0.75, 1.25)
+    x0, y0 = radius * jnp.cos(angle), radius * jnp.sin(angle)
+    labels = _balanced_labels(n_series)
+    sign = (1 - 2 * labels).astype(dtype)[:, None]
+    ts = jnp.sort(jr.uniform(time_key, (n_series, n_times), dtype, 0.0, t1), axis=1)
+    theta = sign * frequency * ts
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    envelope = jnp.exp(-decay * ts)[..., None]
+    ys = envelope * jnp.stack([cos * x0 + sin * y0, cos * y0 - sin * x0], -1)
+    ys = ys + noise * jr.normal(noise_key, ys.shape, dtype)
+    mask = jr.uniform(mask_key, ys.shape, dtype) >= missing_rate
+    return Dataset(ys=jnp.where(mask, ys, 0.0), ts=ts, labels=labels, mask=mask)
+
+
+def _check_process(n_paths, n_times, t1, sigma):
+    _check_count("n_paths", n_paths)
+    _check_count("n_times", n_times, minimum=2)
+    if not t1 > 0.0:
+        raise ValueError(f"`t1` must be > 0; got {t1!r}.")
+    if not sigma >= 0.0:
+        raise ValueError(f"`sigma` must be >= 0; got {sigma!r}.")
+
+
+def _check_theta(theta):
+    if not theta > 0.0:
+        raise ValueError(
+            f"`theta`, the mean-reversion rate, must be > 0; got {theta!r} (with "
+            "theta <= 0 the process has no stationary law)."
+        )
+
+
+def _as_times(ts):
+    ts = jnp.asarray(ts)
+    return ts if jnp.issubdtype(ts.dtype, jnp.floating) else ts.astype(_float_dtype())
+
+
+def ou_process(
+    key: PRNGKeyArray,
+    n_paths: int = 1024,
+    n_times: int = 50,
+    t1: float = 5.0,
+    theta: float = 1.0,
+    mu: float = 0.0,
+    sigma: float = 0.5,
+    x0: float = 1.0,
+) -> Dataset:
+    r"""Exact sample paths of an Ornstein–Uhlenbeck process on a uniform grid.
+
+    $dx = \theta(\mu - x)\,dt + \sigma\,dW$, $x(0) = x_0$, sampled through its exact
+    Gaussian transition over each step $\Delta$:
+    $x_{k+1} = \mu + (x_k - \mu) e^{-\theta\Delta} +
+    \sigma\sqrt{(1 - e^{-2\theta\Delta})/(2\theta)}\,\xi_k$, $\xi_k \sim N(0, 1)$,
+    so the paths carry no discretisation error whatever the grid (compare a fitted
+    neural SDE with `ou_moments` and `ou_covariance`).
+
+    **Arguments:**
+
+    - `key`: a PRNG key.
+    - `n_paths`: the number of independent paths.
+    - `n_times`: grid points $t_k = k\,t_1/(n - 1)$, $k = 0, \dots, n - 1$; at least 2.
+    - `t1`: the final time $t_1 > 0$.
+    - `theta`: the mean-reversion rate $\theta > 0$.
+    - `mu`: the long-run mean $\mu$.
+    - `sigma`: the volatility $\sigma \ge 0$.
+    - `x0`: the (deterministic) initial value.
+
+    **Returns:** a `Dataset` with `ys` `(n_paths, n_times, 1)` and shared `ts`
+    `(n_times,)`.
+
+    **Raises:** `ValueError` for a count out of range, $t_1 \le 0$, $\theta \le 0$
+    or $\sigma < 0$.
+
+    ```python
+    data = odelab.data.ou_process(jr.key(0), 4096, 20, t1=2.0)
+    mean, var = odelab.data.ou_moments(data.ts, 1.0, 0.0, 0.5, 1.0)
+    ```
+
+    **Reference:** G. E. Uhlenbeck and L. S. Ornstein, *On the Theory of the Brownian
+    Motion*, Phys. Rev. 36 (1930); the exact update as in D. T. Gillespie, *Exact
+    numerical simulation of the Ornstein-Uhlenbeck process and its integral*,
+    Phys. Rev. E 54 (1996).
+    """
+    _check_process(n_paths, n_times, t1, sigma)
+    _check_theta(theta)
+    return _ou_process(key, n_paths, n_times, t1, theta, mu, sigma, x0)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _ou_process(key, n_paths, n_times, t1, theta, mu, sigma, x0):
+    dtype = _float_dtype()
+    ts = jnp.linspace(0.0, t1, n_times, dtype=dtype)
+    # Each step uses its own grid spacing, so the transition is exact for the `ts`
+    # returned, rounding of `linspace` included.
+    delta = jnp.diff(ts)
+    decay = jnp.exp(-theta * delta)
+    # 1 - e^{-2θΔ} by expm1: the plain difference loses all digits when θΔ << eps.
+    scale = sigma * jnp.sqrt(-jnp.expm1(-2 * theta * delta) / (2 * theta))
+
+    def step(x, inputs):
+        decay_k, scale_k, xi = inputs
+        x = mu + (x - mu) * decay_k + scale_k * xi
+        return x, x
+
+    start = jnp.full((n_paths,), x0, dtype)
+    xi = jr.normal(key, (n_times - 1, n_paths), dtype)
+    _, xs = jax.lax.scan(step, start, (decay, scale, xi))
+    ys = jnp.concatenate([start[None], xs]).T[..., None]
+    return Dataset(ys=ys, ts=ts)
+
+
+def ou_moments(
+    ts, theta: float, mu: float, sigma: float, x0: float
+) -> tuple[Float[Array, " n_times"], Float[Array, " n_times"]]:
+    r"""The exact marginal mean and variance of the Ornstein–Uhlenbeck process.
+
+    For $dx = \theta(\mu - x)\,dt + \sigma\,dW$, $x(0) = x_0$:
+    $\mathbb{E}\,x_t = \mu + (x_0 - \mu) e^{-\theta t}$ and
+    $\operatorname{Var} x_t = \frac{\sigma^2}{2\theta}(1 - e^{-2\theta t})$, which tends
+    to the stationary $\sigma^2 / (2\theta)$.
+
+    **Arguments:** `ts`, the times (any shape); `theta` $> 0$, `mu`, `sigma`, `x0` as in
+    `ou_process`.
+
+    **Returns:** `(mean, var)`, each of the shape of `ts` (floating `ts` keep their
+    dtype).
+
+    **Raises:** `ValueError` if $\theta \le 0$.
+    """
+    _check_theta(theta)
+    ts = _as_times(ts)
+    mean = mu + (x0 - mu) * jnp.exp(-theta * ts)
+    var = sigma**2 / (2 * theta) * -jnp.expm1(-2 * theta * ts)
+    return mean, var
+
+
+def ou_covariance(s, t, theta: float, sigma: float) -> Float[Array, "..."]:
+    r"""The exact autocovariance $\operatorname{Cov}(x_s, x_t)$ of the Ornstein–Uhlenbeck
+    process started from a deterministic $x_0$.
+
+    $\operatorname{Cov}(x_s, x_t) = \frac{\sigma^2}{2\theta}
+    \big(e^{-\theta|t - s|} - e^{-\theta(s + t)}\big)$, independent of $\mu$ and
+    $x_0$; at $s = t$ the variance of `ou_moments`. As $\min(s, t) \to \infty$ it
+    tends to the stationary autocovariance at lag $\tau = |t - s|$,
+    $\frac{\sigma^2}{2\theta} e^{-\theta\tau}$ (`ou_stationary_covariance`).
+
+    **Arguments:** `s`, `t`, times of the same shape; `theta` $> 0$ and `sigma` as in
+    `ou_process`.
+
+    **Returns:** an array of the shape of `s` and `t`.
+
+    **Raises:** `ValueError` if $\theta \le 0$ or `s` and `t` differ in shape.
+    """
+    _check_theta(theta)
+    s, t = _as_times(s), _as_times(t)
+    if s.shape != t.shape:
+        raise ValueError(
+            f"`s` and `t` must have the same shape; got {s.shape} and {t.shape}. "
+            "Broadcast them first, e.g. `jnp.meshgrid(ts, ts, indexing='ij')`."
+        )
+    # e^{-θ|t-s|} - e^{-θ(s+t)} = e^{-θ|t-s|} (1 - e^{-2θ min(s, t)}), by expm1.
+    lagged = jnp.exp(-theta * jnp.abs(t - s))
+    return sigma**2 / (2 * theta) * lagged * -jnp.expm1(-2 * theta * jnp.minimum(s, t))
+
+
+def ou_stationary_covariance(lag, theta: float, sigma: float) -> Float[Array, "..."]:
+    r"""The stationary autocovariance of the Ornstein–Uhlenbeck process at a lag.
+
+    $\operatorname{Cov}(x_s, x_{s + \tau}) = \frac{\sigma^2}{2\theta} e^{-\theta|\tau|}$
+    for $x_s$ drawn from the stationary law $N(\mu, \sigma^2 / (2\theta))$; the limit
+    of `ou_covariance` as $s \to \infty$.
+
+    **Arguments:** `lag`, $\tau$ (any shape); `theta` $> 0$ and `sigma` as in
+    `ou_process`.
+
+    **Returns:** an array of the shape of `lag`.
+
+    **Raises:** `ValueError` if $\theta \le 0$.
+    """
+    _check_theta(theta)
+    return sigma**2 / (2 * theta) * jnp.exp(-theta * jnp.abs(_as_times(lag)))
+
+
+def gbm_process(
+    key: PRNGKeyArray,
+    n_paths: int = 1024,
+    n_times: int = 50,
+    t1: float = 1.0,
+    mu: float = 0.1,
+    sigma: float = 0.2,
+    x0: float = 1.0,
+) -> Dataset:
+    r"""Exact sample paths of geometric Brownian motion on a uniform grid.
+
+    $dx = \mu x\,dt + \sigma x\,dW$, $x(0) = x_0$ (Itô), sampled from its solution
+    $x_t = x_0 \exp\big((\mu - \sigma^2/2)\,t + \sigma W_t\big)$ with $W$ a Brownian
+    motion built from independent Gaussian increments on the grid: no discretisation
+    error (compare a fitted neural SDE with `gbm_moments`).
+
+    **Arguments:**
+
+    - `key`: a PRNG key.
+    - `n_paths`: the number of independent paths.
+    - `n_times`: grid points $t_k = k\,t_1/(n - 1)$; at least 2.
+    - `t1`: the final time $t_1 > 0$.
+    - `mu`: the drift rate $\mu$.
+    - `sigma`: the volatility $\sigma \ge 0$.
+    - `x0`: the (deterministic) initial value.
+
+    **Returns:** a `Dataset` with `ys` `(n_paths, n_times, 1)` and shared `ts`
+    `(n_times,)`.
+
+    **Raises:** `ValueError` for a count out of range, $t_1 \le 0$ or $\sigma < 0$.
+
+    **Reference:** P. E. Kloeden and E. Platen, *Numerical Solution of Stochastic
+    Differential Equations*, Springer (1992), §4.4.
+    """
+    _check_process(n_paths, n_times, t1, sigma)
+    return _gbm_process(key, n_paths, n_times, t1, mu, sigma, x0)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _gbm_process(key, n_paths, n_times, t1, mu, sigma, x0):
+    dtype = _float_dtype()
+    ts = jnp.linspace(0.0, t1, n_times, dtype=dtype)
+    step_std = jnp.sqrt(jnp.diff(ts))[None, :]
+    increments = step_std * jr.normal(key, (n_paths, n_times - 1), dtype)
+    w = jnp.concatenate(
+        [jnp.zeros((n_paths, 1), dtype), jnp.cumsum(increments, axis=1)], axis=1
+    )
+    ys = x0 * jnp.exp((mu - sigma**2 / 2) * ts[None, :] + sigma * w)
+    return Dataset(ys=ys[..., None], ts=ts)
+
+
+def gbm_moments(
+    ts, mu: float, sigma: float, x0: float
+) -> tuple[Float[Array, " n_times"], Float[Array, " n_times"]]:
+    r"""The exact marginal mean and variance of geometric Brownian motion.
+
+    For $dx = \mu x\,dt + \sigma x\,dW$, $x(0) = x_0$: $\mathbb{E}\,x_t = x_0
+    e^{\mu t}$ and $\operatorname{Var} x_t = x_0^2 e^{2\mu t}(e^{\sigma^2 t} - 1)$.
+
+    **Arguments:** `ts`, the times (any shape); `mu`, `sigma`, `x0` as in
+    `gbm_process`.
+
+    **Returns:** `(mean, var)`, each of the shape of `ts`.
+    """
+    ts = _as_times(ts)
+    mean = x0 * jnp.exp(mu * ts)
+    return mean, mean**2 * jnp.expm1(sigma**2 * ts)
+
+
+_SPLIT_MODES = ("interpolation", "extrapolation")
+
+
+def split_times(
+    dataset: Dataset,
+    mode: str = "interpolation",
+    observed_fraction: float = 0.5,
+    key: PRNGKeyArray | None = None,
+) -> tuple[Dataset, Dataset]:
+    r"""Split every series into the points a model sees and the points it predicts.
+
+    With $n$ time points per series and $m = \operatorname{round}(f n)$, $f$ the
+    observed fraction:
+
+    - `"interpolation"`: the context holds $m$ time points per series chosen uniformly
+      at random (independently per series); the target is every observed point, the
+      context's included: reconstruct the whole series from part of it.
+    - `"extrapolation"`: the context holds the first $m$ time points of each series
+      (times sorted), the target the other $n - m$: forecast the rest of the series.
+
+    Both parts keep the dataset's full `ts`, `ys` shape and `labels`; only `mask`
+    differs, and values outside a part's mask are set to 0 (a model that ignored the
+    mask would otherwise see the hidden points). An entry missing from the dataset
+    (its `mask` `False`) is in neither part. Jittable shapes: the same for every key.
+
+    **Arguments:**
+
+    - `dataset`: a `Dataset` with `ts` and a time axis (`ys` of shape
+      `(n_series, n_times, ...)`); its `mask`, if any, marks the observed entries.
+    - `mode`: `"interpolation"` or `"extrapolation"`.
+    - `observed_fraction`: $f$, in $(0, 1]$ for interpolation and $(0, 1)$ for
+      extrapolation.
+    - `key`: a PRNG key choosing the interpolation context; not used (may be `None`)
+      for extrapolation.
+
+    **Returns:** `(context, target)`, two `Dataset`s with masks.
+
+    **Raises:** `ValueError` for a dataset without `ts`, an unknown `mode`, a
+    fraction that leaves a part empty, or interpolation without `key`.
+
+    ```python
+    data = odelab.data.irregular_spirals(jr.key(0))
+    context, target = odelab.data.split_times(data, "extrapolation")
+    # train: encode (context.ts, context.ys, context.mask), score the decoded
+    # trajectory at target.ts where target.mask
+    ```
+
+    **Reference:** the interpolation and extrapolation tasks of Y. Rubanova,
+    R. T. Q. Chen and D. Duvenaud, *Latent ODEs for Irregularly-Sampled Time
+    Series*, NeurIPS 2019, arXiv:1907.03907, §4.
+    """
+    if dataset.ts is None or jnp.ndim(dataset.ys) < 2:
+        raise ValueError(
+            "`dataset` must be a time series: `ts` set and `ys` of shape "
+            f"(n_series, n_times, ...); got ts={dataset.ts is not None}, ys "
+            f"{jnp.shape(dataset.ys)}."
+        )
+    if mode not in _SPLIT_MODES:
+        raise ValueError(
+            f"`mode` must be one of {', '.join(_SPLIT_MODES)}; got {mode!r}."
+        )
+    n_times = jnp.shape(dataset.ys)[1]
+    n_context = round(observed_fraction * n_times)
+    upper = n_times if mode == "interpolation" else n_times - 1
+    if not 0.0 < observed_fraction <= 1.0 or not 1 <= n_context <= upper:
+        raise ValueError(
+            f"`observed_fraction={observed_fraction!r}` of {n_times} time points "
+            f"gives {n_context} context points; {mode} needs between 1 and {upper}. "
+            "Use a fraction nearer 1/2."
+        )
+    if mode == "interpolation" and key is None:
+        raise ValueError(
+            "Interpolation chooses the context points at random: pass `key`."
+        )
+    return _split_times(dataset, mode, n_context, key)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _split_times(dataset, mode, n_context, key):
+    ys = dataset.ys
+    n, n_times = ys.shape[:2]
+    observed = jnp.ones(ys.shape, bool) if dataset.mask is None else dataset.mask
+    if mode == "interpolation":
+        # The ranks of i.i.d. uniforms are a uniform random permutation per series.
+        draws = jr.uniform(key, (n, n_times))
+        chosen = jnp.argsort(jnp.argsort(draws, axis=1), axis=1) < n_context
+    else:
+        chosen = jnp.broadcast_to(jnp.arange(n_times) < n_context, (n, n_times))
+    chosen = jnp.reshape(chosen, (n, n_times) + (1,) * (ys.ndim - 2))
+    context_mask = observed & chosen
+    target_mask = observed if mode == "interpolation" else observed & ~chosen
+
+    def part(mask):
+        return Dataset(
+            ys=jnp.where(mask, ys, 0.0), ts=dataset.ts, labels=dataset.labels, mask=mask
+        )
+
+    return part(context_mask), part(target_mask)

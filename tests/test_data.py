@@ -386,3 +386,275 @@ def test_spirals_one_direction(key, direction, label):
     assert np.all(np.asarray(dataset.labels) == label)
     with pytest.raises(ValueError, match="direction"):
         data.spirals(key, 16, 8, direction="sideways")
+
+
+# --------------------------------------------------------------------------------------
+# Irregular spirals
+# --------------------------------------------------------------------------------------
+
+N_IRREGULAR, N_IRREGULAR_TIMES = 256, 40
+
+
+def test_irregular_spirals_shapes_dtypes(key):
+    spirals = data.irregular_spirals(key, N_IRREGULAR, N_IRREGULAR_TIMES)
+    assert spirals.ys.shape == (N_IRREGULAR, N_IRREGULAR_TIMES, 2)
+    assert spirals.ts.shape == (N_IRREGULAR, N_IRREGULAR_TIMES)
+    assert spirals.mask.shape == spirals.ys.shape and spirals.mask.dtype == jnp.bool_
+    assert spirals.ys.dtype == spirals.ts.dtype == jnp.float32
+    assert spirals.labels.dtype == jnp.int32
+
+
+def test_irregular_spirals_follow_x64(x64, key):
+    spirals = data.irregular_spirals(key, 8, 5)
+    assert spirals.ys.dtype == spirals.ts.dtype == jnp.float64
+
+
+def test_irregular_spirals_times_mask_labels(key):
+    rate, t1 = 0.3, 5.0
+    spirals = data.irregular_spirals(
+        key, N_IRREGULAR, N_IRREGULAR_TIMES, missing_rate=rate, t1=t1
+    )
+    ts, ys, mask = (np.asarray(a) for a in (spirals.ts, spirals.ys, spirals.mask))
+    assert np.all(np.diff(ts, axis=1) >= 0) and np.all((ts >= 0) & (ts <= t1))
+    assert _binomial_close(np.sum(mask), mask.size, 1 - rate)
+    assert np.all(ys[~mask] == 0)
+    labels = np.asarray(spirals.labels)
+    assert np.all(labels[: N_IRREGULAR // 2] == 0) and np.all(
+        labels[N_IRREGULAR // 2 :]
+    )
+    again = data.irregular_spirals(key, N_IRREGULAR, N_IRREGULAR_TIMES, rate, t1)
+    np.testing.assert_array_equal(again.ys, spirals.ys)
+    other = data.irregular_spirals(jr.fold_in(key, 1), N_IRREGULAR, N_IRREGULAR_TIMES)
+    assert not np.array_equal(other.ts, spirals.ts)
+
+
+def test_irregular_spirals_solve_their_ode(key):
+    # Each observation is the previous one carried by the exact flow
+    # y(t + h) = e^{-a h} R(s b h) y(t), clockwise (s = 1) for label 0.
+    decay, frequency = 0.1, 1.0
+    spirals = data.irregular_spirals(
+        key, N_IRREGULAR, N_IRREGULAR_TIMES, 0.0, noise=0.0, decay=decay
+    )
+    eps = _eps(spirals.ys)
+    ts, ys = np.asarray(spirals.ts, np.float64), np.asarray(spirals.ys, np.float64)
+    sign = (1 - 2 * np.asarray(spirals.labels))[:, None]
+    h = np.diff(ts, axis=1)
+    angle = sign * frequency * h
+    cos, sin = np.cos(angle), np.sin(angle)
+    x, y = ys[:, :-1, 0], ys[:, :-1, 1]
+    carried = np.exp(-decay * h)[..., None] * np.stack(
+        [cos * x + sin * y, cos * y - sin * x], -1
+    )
+    # Each value is rounded in its angle b t (eps t), its envelope and sines (a few
+    # eps), relative to |y| <= 1.25; two values enter each difference.
+    t1 = float(np.max(ts))
+    assert np.max(np.abs(carried - ys[:, 1:])) <= _ROUNDOFF * eps * (1 + 2 * t1)
+    radius = np.linalg.norm(ys, axis=-1) * np.exp(decay * ts)
+    tol = _ROUNDOFF * eps * 1.25
+    assert np.all((radius >= 0.75 - tol) & (radius <= 1.25 + tol))
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0])
+def test_irregular_spirals_bad_missing_rate(key, rate):
+    with pytest.raises(ValueError, match="missing_rate"):
+        data.irregular_spirals(key, 4, 5, missing_rate=rate)
+
+
+# --------------------------------------------------------------------------------------
+# Ornstein–Uhlenbeck and geometric Brownian motion
+# --------------------------------------------------------------------------------------
+
+# Monte-Carlo comparisons: each statistic within `_Z` standard errors of its exact
+# value (about 60 comparisons, so a family-wise false-alarm rate near 4e-5), plus
+# float32 round-off of the sums.
+N_PATHS, N_PROCESS_TIMES = 20000, 11
+OU = dict(t1=2.0, theta=1.5, mu=0.5, sigma=0.8, x0=-1.0)
+GBM = dict(t1=1.0, mu=0.3, sigma=0.5, x0=2.0)
+
+
+def _mc_close(estimate, exact, standard_error, scale):
+    tol = _Z * standard_error + _ROUNDOFF * np.finfo(np.float32).eps * scale
+    return np.abs(estimate - exact) <= tol
+
+
+def _paths(dataset):
+    return np.asarray(dataset.ys[..., 0], np.float64)
+
+
+def test_ou_shapes_and_start(key):
+    ou = data.ou_process(key, 16, N_PROCESS_TIMES, **OU)
+    assert ou.ys.shape == (16, N_PROCESS_TIMES, 1) and ou.ts.shape == (N_PROCESS_TIMES,)
+    assert ou.ys.dtype == ou.ts.dtype == jnp.float32
+    assert ou.labels is None and ou.mask is None
+    np.testing.assert_allclose(ou.ts, np.linspace(0, OU["t1"], N_PROCESS_TIMES))
+    assert np.all(np.asarray(ou.ys[:, 0, 0]) == OU["x0"])
+
+
+def test_ou_without_noise_is_the_exact_mean(key):
+    params = dict(OU, sigma=0.0)
+    ou = data.ou_process(key, 4, N_PROCESS_TIMES, **params)
+    mean, var = data.ou_moments(ou.ts, **{k: params[k] for k in OU if k != "t1"})
+    assert np.all(np.asarray(var) == 0)
+    np.testing.assert_allclose(
+        _paths(ou), np.broadcast_to(mean, (4, N_PROCESS_TIMES)), rtol=0, atol=1e-6
+    )
+
+
+def test_ou_moments_match_monte_carlo(key):
+    ou = data.ou_process(key, N_PATHS, N_PROCESS_TIMES, **OU)
+    x = _paths(ou)
+    mean, var = (np.asarray(a, np.float64) for a in data.ou_moments(ou.ts, **_ou()))
+    # Gaussian marginals: SE(mean) = sqrt(v / n), SE(sample variance) = v sqrt(2/(n-1)).
+    assert np.all(_mc_close(x.mean(0), mean, np.sqrt(var / N_PATHS), 1.0))
+    assert np.all(
+        _mc_close(x.var(0, ddof=1), var, var * np.sqrt(2 / (N_PATHS - 1)), 1.0)
+    )
+
+
+def _ou():
+    return {k: OU[k] for k in ("theta", "mu", "sigma", "x0")}
+
+
+def test_ou_covariance_matches_monte_carlo(key):
+    ou = data.ou_process(key, N_PATHS, N_PROCESS_TIMES, **OU)
+    x = _paths(ou)
+    ts = np.asarray(ou.ts, np.float64)
+    _, var = (np.asarray(a, np.float64) for a in data.ou_moments(ts, **_ou()))
+    i, j = np.triu_indices(N_PROCESS_TIMES, 1)
+    i, j = i[i > 0], j[i > 0]  # x_0 is deterministic
+    exact = np.asarray(data.ou_covariance(ts[i], ts[j], OU["theta"], OU["sigma"]))
+    centred = x - x.mean(0)
+    sample = np.sum(centred[:, i] * centred[:, j], 0) / (N_PATHS - 1)
+    # Jointly Gaussian: Var(sample covariance) = (v_s v_t + c^2) / n.
+    se = np.sqrt((var[i] * var[j] + exact**2) / N_PATHS)
+    assert np.all(_mc_close(sample, exact, se, 1.0))
+    # At s = t it is the variance; far from 0 it is the stationary autocovariance.
+    eps = np.finfo(np.float32).eps
+    np.testing.assert_allclose(
+        data.ou_covariance(ts, ts, OU["theta"], OU["sigma"]), var, rtol=_ROUNDOFF * eps
+    )
+    late = np.asarray([30.0, 30.5, 31.0])
+    # The float32 lag (t + 0.7) - t is off by up to eps t, the exponential by θ eps t;
+    # e^{-2θ·30} is far below that.
+    np.testing.assert_allclose(
+        data.ou_covariance(late, late + 0.7, OU["theta"], OU["sigma"]),
+        data.ou_stationary_covariance(0.7, OU["theta"], OU["sigma"]) * np.ones(3),
+        rtol=_ROUNDOFF * eps * OU["theta"] * 32,
+    )
+
+
+def test_gbm_moments_match_monte_carlo(key):
+    gbm = data.gbm_process(key, N_PATHS, N_PROCESS_TIMES, **GBM)
+    assert gbm.ys.shape == (N_PATHS, N_PROCESS_TIMES, 1)
+    x = _paths(gbm)
+    ts = np.asarray(gbm.ts, np.float64)
+    mu, sigma, x0 = GBM["mu"], GBM["sigma"], GBM["x0"]
+    mean, var = (np.asarray(a, np.float64) for a in data.gbm_moments(ts, mu, sigma, x0))
+    assert np.all(x[:, 0] == x0) and np.all(x > 0)
+    # x_t = x0 e^Y, Y ~ N(a, b^2): E x^k = x0^k e^{k a + k^2 b^2 / 2}, from which the
+    # fourth central moment μ4 and SE(sample variance) = sqrt((μ4 - v^2 (n-3)/(n-1))/n).
+    a, b2 = np.log(x0) + (mu - sigma**2 / 2) * ts, sigma**2 * ts
+    raw = [np.exp(k * a + k**2 * b2 / 2) for k in range(5)]
+    mu4 = raw[4] - 4 * mean * raw[3] + 6 * mean**2 * raw[2] - 3 * mean**4
+    var_se = np.sqrt(
+        np.maximum(mu4 - var**2 * (N_PATHS - 3) / (N_PATHS - 1), 0) / N_PATHS
+    )
+    scale = np.max(np.abs(x))
+    assert np.all(_mc_close(x.mean(0), mean, np.sqrt(var / N_PATHS), scale))
+    assert np.all(_mc_close(x.var(0, ddof=1), var, var_se, scale**2))
+
+
+@pytest.mark.parametrize(
+    ("make", "argument"),
+    [
+        (lambda key: data.ou_process(key, 4, 5, theta=0.0), "theta"),
+        (lambda key: data.ou_process(key, 4, 5, sigma=-1.0), "sigma"),
+        (lambda key: data.ou_process(key, 4, 1), "n_times"),
+        (lambda key: data.gbm_process(key, 0, 5), "n_paths"),
+        (lambda key: data.gbm_process(key, 4, 5, t1=0.0), "t1"),
+        (lambda key: data.ou_moments(jnp.ones(3), -1.0, 0.0, 1.0, 0.0), "theta"),
+        (lambda key: data.ou_covariance(jnp.ones(3), jnp.ones(2), 1.0, 1.0), "`s`"),
+    ],
+)
+def test_process_bad_arguments(key, make, argument):
+    with pytest.raises(ValueError, match=argument):
+        make(key)
+
+
+def test_processes_follow_x64(x64, key):
+    assert data.ou_process(key, 4, 5).ys.dtype == jnp.float64
+    assert data.gbm_process(key, 4, 5).ts.dtype == jnp.float64
+    assert data.ou_moments(jnp.arange(3), 1.0, 0.0, 1.0, 0.0)[1].dtype == jnp.float64
+
+
+# --------------------------------------------------------------------------------------
+# Context/target splits of time series
+# --------------------------------------------------------------------------------------
+
+
+def test_split_times_interpolation(key):
+    spirals = data.irregular_spirals(key, 64, 20, missing_rate=0.3)
+    context, target = data.split_times(
+        spirals, "interpolation", 0.4, jr.fold_in(key, 1)
+    )
+    mask, c_mask, t_mask = (
+        np.asarray(a) for a in (spirals.mask, context.mask, target.mask)
+    )
+    np.testing.assert_array_equal(t_mask, mask)
+    assert np.all(c_mask <= mask)
+    # Exactly round(0.4 * 20) = 8 time points per series, both coordinates together
+    # (seen without missing values).
+    chosen = np.asarray(
+        data.split_times(
+            data.Dataset(ys=spirals.ys, ts=spirals.ts), "interpolation", 0.4,
+            jr.fold_in(key, 1),
+        )[0].mask
+    )  # fmt: skip
+    assert np.all(chosen.sum(1) == 8)
+    np.testing.assert_array_equal(chosen[..., 0], chosen[..., 1])
+    np.testing.assert_array_equal(c_mask, chosen & mask)
+    for part in (context, target):
+        assert np.all(np.asarray(part.ys)[~np.asarray(part.mask)] == 0)
+        np.testing.assert_array_equal(part.ts, spirals.ts)
+        np.testing.assert_array_equal(part.labels, spirals.labels)
+    # Different series choose different points; a different key other points.
+    assert len({tuple(row) for row in chosen[..., 0]}) > 1
+    other = data.split_times(spirals, "interpolation", 0.4, jr.fold_in(key, 2))[0]
+    assert not np.array_equal(np.asarray(other.mask), c_mask)
+
+
+def test_split_times_extrapolation_shared_ts(key):
+    spirals = data.spirals(key, 16, 11)
+    context, target = data.split_times(spirals, "extrapolation", 0.5)
+    c_mask, t_mask = np.asarray(context.mask), np.asarray(target.mask)
+    # round(5.5) = 6 (banker's rounding gives 6 too): the first 6 of 11 times.
+    assert np.all(c_mask[:, :6]) and not np.any(c_mask[:, 6:])
+    np.testing.assert_array_equal(t_mask, ~c_mask)
+    np.testing.assert_array_equal(np.asarray(target.ys)[:, 6:], spirals.ys[:, 6:])
+    np.testing.assert_array_equal(target.ts, spirals.ts)
+
+
+def test_split_times_jit(key):
+    spirals = data.irregular_spirals(key, 8, 10)
+    split = jax.jit(data.split_times, static_argnums=(1, 2))
+    context, _ = split(spirals, "interpolation", 0.5, key)
+    eager, _ = data.split_times(spirals, "interpolation", 0.5, key)
+    np.testing.assert_array_equal(context.mask, eager.mask)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fraction", "key_given", "match"),
+    [
+        ("forecast", 0.5, True, "mode"),
+        ("extrapolation", 1.0, False, "observed_fraction"),
+        ("interpolation", 0.0, True, "observed_fraction"),
+        ("interpolation", 0.01, True, "observed_fraction"),
+        ("interpolation", 0.5, False, "key"),
+    ],
+)
+def test_split_times_bad_arguments(key, mode, fraction, key_given, match):
+    spirals = data.irregular_spirals(key, 4, 10)
+    with pytest.raises(ValueError, match=match):
+        data.split_times(spirals, mode, fraction, key if key_given else None)
+    with pytest.raises(ValueError, match="`ts`"):
+        data.split_times(data.Dataset(ys=spirals.ys), "extrapolation")
