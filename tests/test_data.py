@@ -8,6 +8,8 @@ frequencies against their expectation within `_Z` binomial standard errors.
 Every test draws the same few shapes, so each generator compiles once per precision.
 """
 
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -368,9 +370,9 @@ def test_digits(key):
 
 
 def test_digits_without_sklearn_says_how_to_install(monkeypatch):
-    real_find_spec = data.importlib.util.find_spec
+    real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        data.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name: None if name == "sklearn" else real_find_spec(name),
     )
