@@ -13,6 +13,8 @@ BENCHMARKS = {
     "exponential": "odelab.bench.exponential",
     "grad-sampler": "odelab.bench.grad_sampler",
     "learned-grid": "odelab.bench.learned_grid",
+    "missing-rate": "odelab.bench.missing_rate",
+    "models": "odelab.bench.models",
     "overhead": "odelab.bench.overhead",
     "samplers": "odelab.bench.samplers",
     "train-step": "odelab.bench.train_step",
@@ -100,6 +102,9 @@ TRAIN_TASKS = {
     "learn_grid": "odelab.grid_job",
     "optimize_noise": "odelab.sampler_opt_job",
     "finetune_reward": "odelab.sampler_opt_job",
+    "classify_series": "odelab.series_job",
+    "latent_ode": "odelab.series_job",
+    "fit_sde": "odelab.series_job",
 }
 """Training tasks other than the default neural ODE, by the config's top-level `task`
 key: each module's `run_task(source, overrides) -> metrics` loads the config itself."""

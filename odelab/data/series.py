@@ -19,6 +19,15 @@ from .base import (
 )
 
 
+def _irregular_times(key, n_series, n_times, t1, dtype):
+    # Sorted uniform draws spread apart by at least delta: strictly increasing even
+    # where float32 draws tie (see `irregular_spirals`).
+    u = jnp.sort(jr.uniform(key, (n_series, n_times), dtype, 0.0, t1), axis=1)
+    delta = 1e-4 * t1 / n_times
+    k = jnp.arange(n_times, dtype=dtype)
+    return (u + k[None, :] * delta) / (1 + n_times * delta / t1)
+
+
 def spirals(
     key: PRNGKeyArray,
     n_trajectories: int = 256,
@@ -122,7 +131,8 @@ def irregular_series(
     $r_{1,2} = -\zeta\omega \pm \omega\sqrt{\zeta^2 - 1}$, $c_1 + c_2 = x_0$,
     $r_1 c_1 + r_2 c_2 = \dot x_0$. An overdamped $x$ changes sign at most once; an
     underdamped one every $\pi/\omega_d$. Each series has its own times, sorted
-    uniform draws on $[0, t_1]$. Values are $(x, \dot x)$ plus $N(0, \sigma^2)$ noise.
+    uniform draws on $[0, t_1]$ made strictly increasing (see `irregular_spirals`).
+    Values are $(x, \dot x)$ plus $N(0, \sigma^2)$ noise.
     Each entry is dropped independently with probability $p$ (the missing rate):
     `mask` is `False` there and the value is set to **0** (not NaN, so that
     gradients and sums stay finite); use `mask` to tell a missing value from a zero.
@@ -172,7 +182,7 @@ def _irregular_series(key, n_series, n_times, missing_rate, t1, noise):
     )
     phase = jr.uniform(keys[3], (n_series, 1), dtype, 0.0, 2 * math.pi)
     x0, v0 = jnp.cos(phase), omega * jnp.sin(phase)
-    ts = jnp.sort(jr.uniform(keys[4], (n_series, n_times), dtype, 0.0, t1), axis=1)
+    ts = _irregular_times(keys[4], n_series, n_times, t1, dtype)
     alpha = zeta * omega
     # Each regime's square root is taken of a positive number; `where` picks one.
     omega_d = omega * jnp.sqrt(jnp.abs(1 - zeta**2))
@@ -221,8 +231,11 @@ def irregular_spirals(
     \end{pmatrix} y_0$, from $y_0$ on the ring $0.75 \le |y_0| \le 1.25$ (uniform
     angle and radius). The first $\lfloor N/2 \rfloor$ series turn clockwise
     ($s = 1$, label 0), the rest anticlockwise ($s = -1$, label 1). Each series has
-    its own times, sorted uniform draws on $[0, t_1]$ (independent draws, so in
-    float32 two times of a series coincide now and then). Values are
+    its own times: sorted uniform draws $u_{(k)}$ on $[0, t_1]$, spread to
+    $t_k = (u_{(k)} + k \delta)/(1 + n\delta/t_1)$ with $\delta = 10^{-4} t_1 / n$, so
+    that they are strictly increasing (in float32, independent draws coincide now and
+    then, and a control path or an ODE solve needs increasing times) and stay in
+    $[0, t_1]$; no time moves by more than $10^{-4} t_1$. Values are
     $y(t_k) + \sigma \varepsilon$, $\varepsilon \sim N(0, I)$, and each entry is
     dropped independently with probability $p$: `mask` is `False` there and the value
     is set to **0**, as in `irregular_series`.
@@ -273,7 +286,7 @@ def _irregular_spirals(
     x0, y0 = radius * jnp.cos(angle), radius * jnp.sin(angle)
     labels = _balanced_labels(n_series)
     sign = (1 - 2 * labels).astype(dtype)[:, None]
-    ts = jnp.sort(jr.uniform(time_key, (n_series, n_times), dtype, 0.0, t1), axis=1)
+    ts = _irregular_times(time_key, n_series, n_times, t1, dtype)
     theta = sign * frequency * ts
     cos, sin = jnp.cos(theta), jnp.sin(theta)
     envelope = jnp.exp(-decay * ts)[..., None]

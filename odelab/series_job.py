@@ -1,0 +1,477 @@
+"""`odelab train CONFIG` with `task: classify_series` or `task: fit_sde`: the neural
+CDE and the stable neural SDEs on irregular, partially observed series, and a neural
+SDE fitted to an Ornstein–Uhlenbeck or geometric-Brownian-motion process.
+
+```yaml
+task: classify_series
+name: oscillators_lnsde
+model: {kind: lnsde, hidden: 16, width: 32, depth: 1, steps: 32}
+data: {kind: oscillators, n_series: 1024, n_times: 50, missing_rate: 0.5, seed: 0}
+training: {iterations: 400, batch_size: 128, learning_rate: 0.003, seed: 1}
+run: {out_dir: runs/series}
+```
+
+`model.kind` is `neural_cde` (`odelab.models.NeuralCDE`, fixed RK4 steps over the
+backward-Hermite path) or a stable SDE (`lsde`, `lnsde`, `gsde`:
+`odelab.models.StableNeuralSDE`, Euler–Maruyama). `data.kind` is `oscillators`
+(`odelab.data.irregular_series`: under- vs overdamped) or `spirals`
+(`odelab.data.irregular_spirals`: the direction). A quarter of the series (another
+draw of the same generator) is held out; `metrics.json` has the held-out accuracy
+and the loss history, `model.eqx` the trained weights (written atomically).
+
+```yaml
+task: fit_sde
+name: ou
+model: {width: 32, depth: 2, steps: 50}
+data: {kind: ou, n_paths: 1024, n_times: 26, t1: 2.5}
+training: {iterations: 300, batch_size: 256, learning_rate: 0.01, seed: 1}
+```
+
+`fit_sde` fits `odelab.models.NeuralSDE` (time-dependent drift and diagonal
+diffusion, Euler–Maruyama, `brownian="increments"`) by a kernel maximum mean
+discrepancy between simulated and data paths, differentiated through the solver; the
+metrics compare the fitted model's marginal mean and standard deviation and its
+autocovariance with the process's exact ones.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+from .config import ConfigError, _fraction, _positive, _Section, read_job_config
+
+
+CLASSIFIERS = ("neural_cde", "lsde", "lnsde", "gsde")
+SERIES = ("oscillators", "spirals")
+PROCESSES = ("ou", "gbm")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesModelConfig(_Section):
+    """The model: `kind` (classifiers: `neural_cde`, `lsde`, `lnsde`, `gsde`; ignored
+    by the other tasks), hidden size `hidden` (the classifiers' latent, the latent
+    ODE's encoder), the latent ODE's `latent` size, the vector field's `width` and
+    `depth`, the fixed `steps` of the solve (the latent ODE: per observation gap),
+    and the control path's `interpolation`."""
+
+    _section: ClassVar[str] = "model"
+    _choices: ClassVar[dict] = {
+        "kind": CLASSIFIERS,
+        "interpolation": ("hermite", "rectilinear"),
+    }
+    _limits: ClassVar[dict] = {
+        "hidden": _positive,
+        "width": _positive,
+        "steps": _positive,
+    }
+    kind: str = "neural_cde"
+    hidden: int = 16
+    latent: int = 4
+    width: int = 32
+    depth: int = 1
+    steps: int = 32
+    interpolation: str = "hermite"
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesDataConfig(_Section):
+    """The data: `kind` (`oscillators`, `spirals` for classification; `ou`, `gbm`
+    for `fit_sde`), sizes, the `missing_rate` of the series, the process's `t1`,
+    `theta` (OU), `mu`, `sigma` (default: OU 0, 0.5; GBM 0.1, 0.2) and `x0`, the
+    latent ODE's context/target `split` and its `observed_fraction`, and the
+    generator's `seed`."""
+
+    _section: ClassVar[str] = "data"
+    _choices: ClassVar[dict] = {
+        "kind": (*SERIES, *PROCESSES),
+        "split": ("interpolation", "extrapolation"),
+    }
+    _limits: ClassVar[dict] = {
+        "n_series": _positive,
+        "n_times": _positive,
+        "missing_rate": _fraction,
+        "n_paths": _positive,
+        "t1": _positive,
+    }
+    kind: str = "oscillators"
+    n_series: int = 1024
+    n_times: int = 50
+    missing_rate: float = 0.3
+    n_paths: int = 1024
+    t1: float = 2.5
+    theta: float = 1.0
+    mu: float | None = None
+    sigma: float | None = None
+    x0: float = 1.0
+    split: str = "interpolation"
+    observed_fraction: float = 0.5
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesTrainingConfig(_Section):
+    """Adam's `iterations`, `batch_size` and `learning_rate`, and the `seed` of the
+    initialisation, the batches and the Brownian motions."""
+
+    _section: ClassVar[str] = "training"
+    _limits: ClassVar[dict] = {
+        "iterations": _positive,
+        "batch_size": _positive,
+        "learning_rate": _positive,
+    }
+    iterations: int = 400
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    seed: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesRunConfig(_Section):
+    """Where outputs go: `out_dir/name/`."""
+
+    _section: ClassVar[str] = "run"
+    out_dir: str = "runs/series"
+
+
+_SECTIONS = {
+    "model": SeriesModelConfig,
+    "data": SeriesDataConfig,
+    "training": SeriesTrainingConfig,
+    "run": SeriesRunConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesConfig:
+    task: str = "classify_series"
+    name: str = "series"
+    model: SeriesModelConfig = dataclasses.field(default_factory=SeriesModelConfig)
+    data: SeriesDataConfig = dataclasses.field(default_factory=SeriesDataConfig)
+    training: SeriesTrainingConfig = dataclasses.field(
+        default_factory=SeriesTrainingConfig
+    )
+    run: SeriesRunConfig = dataclasses.field(default_factory=SeriesRunConfig)
+
+
+def load_task_config(source, overrides: Sequence[str] = ()) -> SeriesConfig:
+    """Read a `classify_series` or `fit_sde` config (YAML path or mapping)."""
+    tops, sections = read_job_config(
+        source, overrides, _SECTIONS, "series", top=("name", "task")
+    )
+    config = SeriesConfig(**tops, **sections)
+    if config.task not in TASKS:
+        raise ConfigError(f"unknown `task: {config.task}`; valid: {', '.join(TASKS)}")
+    wanted = PROCESSES if config.task == "fit_sde" else SERIES
+    if config.data.kind not in wanted:
+        raise ConfigError(
+            f"`data.kind: {config.data.kind}` does not fit `task: {config.task}`; "
+            f"valid: {', '.join(wanted)}"
+        )
+    return config
+
+
+def _series(data, n, seed):
+    import jax.random as jr
+
+    from . import data as datasets
+
+    make = (
+        datasets.irregular_series
+        if data.kind == "oscillators"
+        else datasets.irregular_spirals
+    )
+    return make(jr.key(seed), n, data.n_times, missing_rate=data.missing_rate)
+
+
+def make_classifier(model, n_classes: int, key):
+    """The classifier of `model` (a `SeriesModelConfig`) for 2-channel series."""
+    from .models import NeuralCDE, StableNeuralSDE
+
+    common = (2, model.hidden, n_classes, model.width, model.depth)
+    if model.kind == "neural_cde":
+        return NeuralCDE(
+            *common,
+            key=key,
+            intensity=True,
+            interpolation=model.interpolation,
+            solver="rk4",
+            steps=model.steps,
+        )
+    return StableNeuralSDE(
+        model.kind,
+        *common,
+        key=key,
+        interpolation=model.interpolation,
+        steps=model.steps,
+    )
+
+
+def _logits(model, batch, key):
+    from .models import NeuralCDE
+
+    if isinstance(model, NeuralCDE):
+        return model.batch(batch.ts, batch.ys, batch.mask)
+    return model.batch(batch.ts, batch.ys, batch.mask, key=key)
+
+
+def train_classifier(config: SeriesConfig, progress=None) -> tuple[object, dict]:
+    """Train the config's classifier; returns the model and its metrics."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+    import optax
+
+    from . import data as datasets
+
+    d, tr = config.data, config.training
+    train_set = _series(d, d.n_series, d.seed)
+    val_set = _series(d, max(d.n_series // 4, 1), d.seed + 1000)
+    key = jr.key(tr.seed)
+    model = make_classifier(config.model, 2, jr.fold_in(key, 0))
+    opt = optax.adam(tr.learning_rate)
+    state = opt.init(eqx.filter(model, eqx.is_array))
+
+    def loss_fn(m, batch, k):
+        logits = _logits(m, batch, k)
+        return jnp.mean(
+            optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
+        )
+
+    @eqx.filter_jit
+    def step(m, s, batch, k):
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(m, batch, k)
+        updates, s = opt.update(grads, s, m)
+        return eqx.apply_updates(m, updates), s, loss
+
+    @eqx.filter_jit
+    def accuracy(m, batch, k):
+        return jnp.mean(jnp.argmax(_logits(m, batch, k), -1) == batch.labels)
+
+    batch_size = min(tr.batch_size, len(train_set))
+    losses, start = [], time.perf_counter()
+    for i in range(tr.iterations):
+        k = jr.fold_in(key, i + 1)
+        batch = datasets.sample_batch(train_set, batch_size, k)
+        model, state, loss = step(model, state, batch, jr.fold_in(k, 1))
+        losses.append(float(loss))
+        if progress is not None:
+            progress(i, losses[-1])
+    train_time = time.perf_counter() - start
+    metrics = dict(
+        kind=config.model.kind,
+        missing_rate=d.missing_rate,
+        val_accuracy=float(accuracy(model, val_set, jr.fold_in(key, 2**31 - 1))),
+        final_loss=float(sum(losses[-20:]) / len(losses[-20:])),
+        train_seconds=train_time,
+        losses=losses,
+    )
+    return model, metrics
+
+
+def train_latent_ode(config: SeriesConfig, progress=None) -> tuple[object, dict]:
+    """Train a `LatentODE` on the config's interpolation or extrapolation task;
+    returns it and the held-out reconstruction MSE before and after training."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    import optax
+
+    from . import data as datasets
+    from .models import LatentODE
+
+    d, tr, m = config.data, config.training, config.model
+    key = jr.key(tr.seed)
+    train_set = _series(d, d.n_series, d.seed)
+    val_set = _series(d, max(d.n_series // 4, 1), d.seed + 1000)
+    train_c, train_t = datasets.split_times(
+        train_set, d.split, d.observed_fraction, jr.fold_in(key, 1)
+    )
+    val_c, val_t = datasets.split_times(
+        val_set, d.split, d.observed_fraction, jr.fold_in(key, 2)
+    )
+    model = LatentODE(
+        2, m.latent, m.hidden, m.width, m.depth, key=jr.fold_in(key, 3), steps=m.steps
+    )
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt = optax.adam(tr.learning_rate)
+    state = opt.init(params)
+    batch_size = min(tr.batch_size, d.n_series)
+
+    @jax.jit
+    def mse(p):
+        ys = jax.vmap(eqx.combine(p, static))(val_c.ts, val_c.ys, val_c.mask, val_t.ts)
+        squared = jnp.where(val_t.mask, (ys - val_t.ys) ** 2, 0.0)
+        return jnp.sum(squared) / jnp.sum(val_t.mask)
+
+    @jax.jit
+    def step(p, s, k):
+        index_key, elbo_key = jr.split(k)
+        index = jr.choice(index_key, d.n_series, (batch_size,), replace=False)
+        c, t = jax.tree.map(lambda x: x[index], (train_c, train_t))
+
+        def loss(p):
+            elbo = jax.vmap(eqx.combine(p, static).elbo)(
+                c.ts, c.ys, c.mask, t.ts, t.ys, t.mask, jr.split(elbo_key, batch_size)
+            )
+            return -jnp.sum(elbo) / jnp.sum(t.mask)
+
+        value, grads = jax.value_and_grad(loss)(p)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, value
+
+    before = float(mse(params))
+    losses, start = [], time.perf_counter()
+    for i in range(tr.iterations):
+        params, state, loss = step(params, state, jr.fold_in(key, i + 10))
+        losses.append(float(loss))
+        if progress is not None:
+            progress(i, losses[-1])
+    metrics = dict(
+        split=d.split,
+        val_mse_untrained=before,
+        val_mse=float(mse(params)),
+        final_loss=float(sum(losses[-20:]) / len(losses[-20:])),
+        train_seconds=time.perf_counter() - start,
+        losses=losses,
+    )
+    return eqx.combine(params, static), metrics
+
+
+def _mmd(x, y):
+    # Biased squared MMD with a sum of Gaussian kernels over a range of bandwidths,
+    # between two sets of paths flattened to vectors.
+    import jax.numpy as jnp
+
+    def kernel(a, b):
+        d2 = jnp.sum((a[:, None, :] - b[None, :, :]) ** 2, -1)
+        return sum(jnp.exp(-d2 / (2 * h**2)) for h in (0.2, 0.5, 1.0, 2.0, 5.0))
+
+    return jnp.mean(kernel(x, x)) + jnp.mean(kernel(y, y)) - 2 * jnp.mean(kernel(x, y))
+
+
+def fit_sde(config: SeriesConfig, progress=None) -> tuple[object, dict]:
+    """Fit a `NeuralSDE` to the config's OU or GBM paths; returns it and metrics."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+    import optax
+
+    from . import data as datasets
+    from .models import NeuralSDE
+
+    d, tr, m = config.data, config.training, config.model
+    key = jr.key(tr.seed)
+    default_mu, default_sigma = (0.0, 0.5) if d.kind == "ou" else (0.1, 0.2)
+    mu = default_mu if d.mu is None else d.mu
+    sigma = default_sigma if d.sigma is None else d.sigma
+    if d.kind == "ou":
+        paths = datasets.ou_process(
+            jr.key(d.seed), d.n_paths, d.n_times, d.t1, d.theta, mu, sigma, d.x0
+        )
+    else:
+        paths = datasets.gbm_process(
+            jr.key(d.seed), d.n_paths, d.n_times, d.t1, mu, sigma, d.x0
+        )
+    ts, ys = paths.ts, paths.ys[..., 0]
+    x0 = jnp.asarray(d.x0, ys.dtype)
+    # One solver step per observation interval times `steps // (n_times - 1)`.
+    per = max(m.steps // (d.n_times - 1), 1)
+    model = NeuralSDE(
+        1,
+        m.width,
+        m.depth,
+        key=jr.fold_in(key, 0),
+        time_dependent=True,
+        steps=per * (d.n_times - 1),
+    )
+    opt = optax.adam(tr.learning_rate)
+    state = opt.init(eqx.filter(model, eqx.is_array))
+
+    def simulate(mdl, n, k):
+        y0 = jnp.full((n, 1), x0)
+        return mdl.batch_solution(ts, y0, key=k).ys[..., 0].T  # (n, n_times)
+
+    def loss_fn(mdl, batch, k):
+        return _mmd(simulate(mdl, batch.shape[0], k), batch)
+
+    @eqx.filter_jit
+    def step(mdl, s, batch, k):
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(mdl, batch, k)
+        updates, s = opt.update(grads, s, mdl)
+        return eqx.apply_updates(mdl, updates), s, loss
+
+    losses, start = [], time.perf_counter()
+    batch_size = min(tr.batch_size, d.n_paths)
+    for i in range(tr.iterations):
+        k = jr.fold_in(key, i + 1)
+        idx = jr.choice(k, d.n_paths, (batch_size,), replace=False)
+        model, state, loss = step(model, state, ys[idx], jr.fold_in(k, 1))
+        losses.append(float(loss))
+        if progress is not None:
+            progress(i, losses[-1])
+    train_time = time.perf_counter() - start
+    sims = np.asarray(simulate(model, 4096, jr.fold_in(key, 2**31 - 1)))
+    if d.kind == "ou":
+        mean, var = datasets.ou_moments(ts, d.theta, mu, sigma, d.x0)
+    else:
+        mean, var = datasets.gbm_moments(ts, mu, sigma, d.x0)
+    mean, std = np.asarray(mean), np.sqrt(np.asarray(var))
+    metrics = dict(
+        process=d.kind,
+        max_mean_error=float(np.max(np.abs(sims.mean(0) - mean))),
+        max_std_error=float(np.max(np.abs(sims.std(0) - std))),
+        max_std=float(np.max(std)),
+        final_mmd=float(np.mean(losses[-20:])),
+        train_seconds=train_time,
+        losses=losses,
+    )
+    if d.kind == "ou":
+        # Cov(x_s, x_t) at the last time against every earlier one: the process's
+        # memory, which matching the marginals alone does not test.
+        ts_np = np.asarray(ts)
+        exact = np.asarray(
+            datasets.ou_covariance(
+                ts_np, np.full_like(ts_np, ts_np[-1]), d.theta, sigma
+            )
+        )
+        centred = sims - sims.mean(0)
+        model_cov = np.mean(centred * centred[:, -1:], axis=0)
+        metrics.update(
+            max_autocov_error=float(np.max(np.abs(model_cov - exact))),
+            max_autocov=float(np.max(np.abs(exact))),
+        )
+    return model, metrics
+
+
+def run_task(source, overrides: Sequence[str] = ()) -> dict:
+    """Load the config, train, write `metrics.json` and `model.eqx`; returns the
+    metrics (without the loss history)."""
+    import equinox as eqx
+
+    from .config import atomic_write
+
+    config = load_task_config(source, overrides)
+    model, metrics = TASKS[config.task](config)
+    directory = os.path.join(config.run.out_dir, config.name)
+    os.makedirs(directory, exist_ok=True)
+    atomic_write(
+        os.path.join(directory, "metrics.json"),
+        lambda f: f.write(json.dumps(metrics, indent=1).encode()),
+    )
+    atomic_write(
+        os.path.join(directory, "model.eqx"),
+        lambda f: eqx.tree_serialise_leaves(f, model),
+    )
+    return {k: v for k, v in metrics.items() if k != "losses"}
+
+
+TASKS = {
+    "classify_series": train_classifier,
+    "latent_ode": train_latent_ode,
+    "fit_sde": fit_sde,
+}
