@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 
-def odelab_step(dim, width, batch, steps, brownian="increments"):
+def odelab_step(dim, width, batch, steps, brownian="increments", adjoint="checkpoint"):
     """A jitted training step `(model, opt_state, y0, key) -> (model, opt_state,
     loss)` and its initial arguments."""
     import equinox as eqx
@@ -31,6 +31,7 @@ def odelab_step(dim, width, batch, steps, brownian="increments"):
         diffusion_activation=jax.nn.sigmoid,
         steps=steps,
         brownian=brownian,
+        adjoint=adjoint,
     )
     # The diffusion MLP has one hidden layer, as the peer's.
     model = eqx.tree_at(

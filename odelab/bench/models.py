@@ -6,6 +6,16 @@ the PyTorch peers round-robin with each other (torch's OpenMP threads keep spinn
 after a call and would slow down whichever JAX contender ran next); medians of the
 repeats. Compile time (trace + XLA compile of the whole step) is reported apart.
 
+**`neural_sde`** (issue #8): `odelab.models.NeuralSDE` against torchsde, same
+architecture (drift `4 -> 64 -> 64 -> 4` tanh, diagonal diffusion `4 -> 64 -> 4`
+with a sigmoid output), batch 128, 50 Euler–Maruyama steps over [0, 1], loss the
+mean square of the final state, Adam (`odelab.bench._models_sde`). Contenders:
+`odelab` (the batch as one state, `brownian="increments"`: the 50 increments drawn
+in one call), `odelab_virtual_tree` (information: the same with diffrax's
+`VirtualBrownianTree`, a tree descent per step), and `torchsde` /
+`torchsde_1thread` (`sdeint(method="euler", dt=1/50)` with its default Brownian
+interval, `backward()`, `torch.optim.Adam`). Target: odelab ≥ 4× torchsde.
+
 **`neural_cde`** (issue #8): `odelab.models.NeuralCDE` with state 32, vector field
 `32 -> 32 -> 32·3` (ReLU, tanh on the output: torchcde's example architecture with
 the width equal to the state), 3 channels of X (time and the 2 values of
@@ -37,8 +47,8 @@ matrix products, and the smaller the ratio). Contenders:
 
 Target (issue #8): odelab ≥ 4× faster per step than torchcde on `neural_cde`
 (measured on a shared 2-core CPU: odelab 10.3 ms, torchcde 47.6 ms, 4.6×;
-`neural_cde_wide` 18.4 against 57.5 ms, 3.1×). A new case (say `NeuralSDE` against
-torchsde) is a function `Settings -> Case` added to `CASES`.
+`neural_cde_wide` 18.4 against 57.5 ms, 3.1×). A new case is a function
+`Settings -> Case` added to `CASES`.
 """
 
 import argparse
@@ -60,6 +70,7 @@ from .._checks import errors_as_nan
 from ..data import spirals
 from ..models import NeuralCDE
 from ..solvers import RK4
+from . import _models_sde
 from ._common import interleaved_medians, median, print_table, write_json
 
 
@@ -270,7 +281,69 @@ def neural_cde(settings: Settings, width: int = 32, name: str = "neural_cde") ->
     return Case(name, title, contenders, peers, target, config)
 
 
+def _torch_threads(make_step, name, threads):
+    """`{name: step with `threads` torch threads, name_1thread: with one}`, each step
+    on its own model from `make_step()`; {} when torch or the peer is absent."""
+    try:
+        import torch
+
+        steps = {name: make_step()}
+    except ImportError:
+        return {}
+
+    def pinned(step, n):
+        def run():
+            torch.set_num_threads(n)
+            return step()
+
+        return run
+
+    out = {name: pinned(steps[name], threads)}
+    if threads > 1:
+        out[f"{name}_1thread"] = pinned(make_step(), 1)
+    return out
+
+
+def neural_sde(settings: Settings) -> Case:
+    """The NeuralSDE training step against torchsde (`_models_sde`)."""
+    if settings.quick:
+        dim, width, batch, steps = 2, 8, 8, 5
+    else:
+        dim, width, batch, steps = 4, 64, 128, 50
+    step, args = _models_sde.odelab_step(dim, width, batch, steps)
+    tree_step, tree_args = _models_sde.odelab_step(
+        dim, width, batch, steps, brownian="virtual_tree"
+    )
+    key = jax.random.key(settings.seed)
+    contenders = {
+        "odelab": (step, (*args, key)),
+        "odelab_virtual_tree": (tree_step, (*tree_args, key)),
+    }
+    peers = {}
+    if settings.torch_peers:
+        peers = _torch_threads(
+            lambda: _models_sde.torchsde_step(dim, width, batch, steps),
+            "torchsde",
+            settings.threads,
+        )
+    config = dict(
+        dim=dim,
+        width=width,
+        batch=batch,
+        steps=steps,
+        solver="euler (Euler-Maruyama)",
+        noise="diagonal",
+        brownian="increments",
+    )
+    title = (
+        f"neural_sde: loss+grad+adam, drift {dim}-{width}-{width}-{dim}, diagonal "
+        f"diffusion {dim}-{width}-{dim}, batch {batch}, {steps} Euler-Maruyama steps"
+    )
+    return Case("neural_sde", title, contenders, peers, 4.0, config)
+
+
 CASES: dict[str, Callable[[Settings], Case]] = {
+    "neural_sde": neural_sde,
     "neural_cde": neural_cde,
     "neural_cde_wide": functools.partial(neural_cde, width=128, name="neural_cde_wide"),
 }

@@ -34,8 +34,14 @@ def control_path(
     r"""The control path $X$ of one series, over the integration variable $s \in [0, 1]$.
 
     The channels of $X$ are time itself, the values, and (with `intensity`) one
-    observational intensity per value channel: the number of observations of that
-    channel made so far, $c_k = \sum_{j \le k} m_j$. Missing values (`mask` False, or
+    observational intensity per value channel: the fraction of the series' $N$
+    observation times at which that channel has been observed so far,
+    $c_k = \frac{1}{N}\sum_{j \le k} m_j \in [0, 1]$. (Kidger et al. use the raw
+    count; divided by $N$ it has the scale of the other channels, and a raw count,
+    whose derivative along $s$ is about $N$, saturated the vector field: on
+    `irregular_series` at 50% missing a neural CDE with raw counts stayed at chance,
+    50%, while the fraction reaches the accuracy of the model without the channel.)
+    Missing values (`mask` False, or
     NaN) are handed to diffrax as NaN and filled by its interpolation; before a
     channel's first observation the path holds that first value, after its last the
     last value, and a channel never observed is 0.
@@ -112,7 +118,7 @@ def control_path(
     channels = [values]
     starts = [first]
     if intensity:
-        counts = jnp.cumsum(observed, axis=0).astype(dtype)
+        counts = jnp.cumsum(observed, axis=0).astype(dtype) / ys.shape[0]
         channels.append(counts)
         starts.append(counts[0])
     data = jnp.concatenate(channels, axis=1)

@@ -85,11 +85,11 @@ def test_hermite_path_interpolates_the_observations():
     x = np.asarray(jax.vmap(path.evaluate)(knots))
     assert x.shape == (10, 5)
     tol = roundoff_tol(jnp.float64, 10)
-    # Time, the observed values, and the counts of observations so far.
+    # Time, the observed values, and the fraction of the times observed so far.
     np.testing.assert_allclose(x[:, 0], ts, rtol=tol, atol=tol)
     observed = np.asarray(mask)
     np.testing.assert_allclose(x[:, 1:3][observed], np.asarray(ys)[observed], atol=tol)
-    np.testing.assert_allclose(x[:, 3:], np.cumsum(observed, axis=0), atol=tol)
+    np.testing.assert_allclose(x[:, 3:], np.cumsum(observed, axis=0) / 10, atol=tol)
     # Before a channel's first observation the path holds that first value.
     for channel in range(2):
         first = int(np.argmax(observed[:, channel]))
@@ -118,7 +118,7 @@ def test_rectilinear_path_advances_time_then_values():
         for k in range(1, 6):
             if np.isnan(filled[k, channel]):
                 filled[k, channel] = filled[k - 1, channel]
-    counts = np.cumsum(observed, axis=0)
+    counts = np.cumsum(observed, axis=0) / 6
     tol = roundoff_tol(jnp.float64)
     for k in range(6):
         np.testing.assert_allclose(x[2 * k, 0], ts[k], rtol=tol)
@@ -140,7 +140,8 @@ def test_path_channels_and_missing_data():
     x = jax.vmap(control_path(ts, ys_nan, mask).evaluate)(jnp.linspace(0.0, 1.0, 9))
     assert np.all(np.isfinite(np.asarray(x)))
     np.testing.assert_array_equal(np.asarray(x[:, 2]), 0.0)
-    np.testing.assert_array_equal(np.asarray(x[-1, 3:]), [4.0, 0.0])
+    # 4 of the 5 times observed in the first channel, none in the second.
+    np.testing.assert_allclose(np.asarray(x[-1, 3:]), [4.0 / 5, 0.0], rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------
