@@ -1,7 +1,8 @@
 """Models as equinox modules: calling one solves."""
 
+from .control import control_path as control_path
 from .latent_ode import LatentODE as LatentODE
-from .neural_cde import NeuralCDE as NeuralCDE, control_path as control_path
+from .neural_cde import NeuralCDE as NeuralCDE
 from .neural_ode import (
     AugmentedNeuralODE as AugmentedNeuralODE,
     NeuralODE as NeuralODE,

@@ -2,7 +2,7 @@ r"""Stable neural SDEs for irregular time series: Langevin-type, linear-noise an
 geometric (Oh, Lim, Kim, ICLR 2024).
 
 A latent $z \in \mathbb{R}^h$ starts at $z(0) = \zeta(X(0))$ and is driven along the
-series' control path $X$ (`odelab.models.neural_cde.control_path`: time, values and
+series' control path $X$ (`odelab.models.control_path`: time, values and
 observational intensity, interpolated over $s \in [0, 1]$) by
 
 | kind      | drift                                  | diffusion                     |
@@ -28,7 +28,7 @@ import jax.random as jr
 
 from .._names import SDE_SOLVERS, resolve
 from ..solve import solve_sde
-from .neural_cde import _increasing, control_path
+from .control import _increasing, control_path
 
 
 STABLE_KINDS = ("lsde", "lnsde", "gsde")

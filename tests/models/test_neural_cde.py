@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from odelab.data import irregular_series, spirals
-from odelab.models.neural_cde import NeuralCDE, control_path
+from odelab.models import NeuralCDE, control_path
 from tests.helpers import (
     assert_tree_allclose,
     check_grad,
