@@ -55,12 +55,17 @@ class SeriesModelConfig(_Section):
     by the other tasks), hidden size `hidden` (the classifiers' latent, the latent
     ODE's encoder), the latent ODE's `latent` size, the vector field's `width` and
     `depth`, the fixed `steps` of the solve (the latent ODE: per observation gap),
-    and the control path's `interpolation`."""
+    the control path's `interpolation`, the `solver` (default per model: RK4 for the
+    CDE and the latent ODE, Euler–Maruyama for the SDEs, reversible Heun for a
+    Stratonovich `fit_sde`) and `adjoint` by name (`odelab.solve`), and for `fit_sde`
+    the SDE's `interpretation` (`ito`, `stratonovich`) and `brownian` path
+    (`increments`, `virtual_tree`; default `increments`)."""
 
     _section: ClassVar[str] = "model"
     _choices: ClassVar[dict] = {
         "kind": CLASSIFIERS,
         "interpolation": ("hermite", "rectilinear"),
+        "interpretation": ("ito", "stratonovich"),
     }
     _limits: ClassVar[dict] = {
         "hidden": _positive,
@@ -74,6 +79,10 @@ class SeriesModelConfig(_Section):
     depth: int = 1
     steps: int = 32
     interpolation: str = "hermite"
+    solver: str | None = None
+    adjoint: str = "checkpoint"
+    interpretation: str = "ito"
+    brownian: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +206,8 @@ def make_classifier(model, n_classes: int, key):
             key=key,
             intensity=True,
             interpolation=model.interpolation,
-            solver="rk4",
+            solver=model.solver or "rk4",
+            adjoint=model.adjoint,
             steps=model.steps,
         )
     return StableNeuralSDE(
@@ -206,6 +216,9 @@ def make_classifier(model, n_classes: int, key):
         key=key,
         interpolation=model.interpolation,
         steps=model.steps,
+        solver=model.solver or "euler",
+        adjoint=model.adjoint,
+        brownian=model.brownian or "increments",
     )
 
 
@@ -294,7 +307,15 @@ def train_latent_ode(config: SeriesConfig, progress=None) -> tuple[object, dict]
         val_set, d.split, d.observed_fraction, jr.fold_in(key, 2)
     )
     model = LatentODE(
-        2, m.latent, m.hidden, m.width, m.depth, key=jr.fold_in(key, 3), steps=m.steps
+        2,
+        m.latent,
+        m.hidden,
+        m.width,
+        m.depth,
+        key=jr.fold_in(key, 3),
+        steps=m.steps,
+        solver=m.solver or "rk4",
+        adjoint=m.adjoint,
     )
     params, static = eqx.partition(model, eqx.is_inexact_array)
     opt = optax.adam(tr.learning_rate)
@@ -388,6 +409,10 @@ def fit_sde(config: SeriesConfig, progress=None) -> tuple[object, dict]:
         key=jr.fold_in(key, 0),
         time_dependent=True,
         steps=per * (d.n_times - 1),
+        interpretation=m.interpretation,
+        solver=m.solver,
+        adjoint=m.adjoint,
+        brownian=m.brownian,
     )
     opt = optax.adam(tr.learning_rate)
     state = opt.init(eqx.filter(model, eqx.is_array))

@@ -68,6 +68,15 @@ def test_accuracy_at_half_missing_is_within_margin_of_complete_data():
             "fit_sde",
             dict(model=dict(steps=8), data=dict(kind="gbm", n_paths=32, n_times=5)),
         ),
+        (
+            "fit_sde",
+            dict(
+                model=dict(
+                    steps=8, interpretation="stratonovich", adjoint="reversible"
+                ),
+                data=dict(kind="ou", n_paths=32, n_times=5),
+            ),
+        ),
     ],
 )
 def test_tasks_run_from_the_cli_and_write_outputs(tmp_path, task, sections):
