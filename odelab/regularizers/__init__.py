@@ -1,0 +1,10 @@
+"""Regularizers: scalars to add to a loss that make a learned differential equation
+cheaper to solve."""
+
+from .solver_heuristics import (
+    Heuristics as Heuristics,
+    HeuristicsSolver as HeuristicsSolver,
+    heuristics_of as heuristics_of,
+    solve_with_heuristics as solve_with_heuristics,
+    step_heuristics as step_heuristics,
+)
