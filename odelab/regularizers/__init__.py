@@ -1,6 +1,10 @@
 """Regularizers: scalars to add to a loss that make a learned differential equation
 cheaper to solve."""
 
+from .integral import (
+    integral_regularizers as integral_regularizers,
+    total_derivative as total_derivative,
+)
 from .solver_heuristics import (
     Heuristics as Heuristics,
     HeuristicsSolver as HeuristicsSolver,
