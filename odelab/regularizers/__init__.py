@@ -5,6 +5,10 @@ from .integral import (
     integral_regularizers as integral_regularizers,
     total_derivative as total_derivative,
 )
+from .local import (
+    local_error_estimate as local_error_estimate,
+    sample_time as sample_time,
+)
 from .solver_heuristics import (
     Heuristics as Heuristics,
     HeuristicsSolver as HeuristicsSolver,
