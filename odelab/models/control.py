@@ -164,3 +164,31 @@ def _increasing(ts):
         row = int(np.argmax(bad))
         raise ValueError(f"{_INCREASING} Series {row} has {host[row]}.")
     return ts
+
+
+def check_batch(ts, ys, mask, in_channels: int):
+    """Check a batch of series for a model with `in_channels` value channels: `ys`
+    `(batch, n_times, in_channels)`, `mask` like `ys` or `None`, `ts` `(n_times,)`
+    shared or `(batch, n_times)` and strictly increasing (checked now when concrete).
+    Returns `ys` as an array and the `vmap` axes of `ts` and `mask`."""
+    ys = jnp.asarray(ys)
+    if ys.ndim != 3 or ys.shape[-1] != in_channels:
+        raise ValueError(
+            f"`ys` must have shape (batch, n_times, {in_channels}) "
+            f"(`in_channels={in_channels}`); got {ys.shape}. For one series call the "
+            "model."
+        )
+    if mask is not None and jnp.shape(mask) != ys.shape:
+        raise ValueError(
+            f"`mask` must have the shape of `ys` {ys.shape}; got {jnp.shape(mask)}."
+        )
+    if jnp.shape(ts) not in (ys.shape[1:2], ys.shape[:2]):
+        raise ValueError(
+            f"`ts` must have shape (n_times,) = {ys.shape[1:2]} or (batch, "
+            f"n_times) = {ys.shape[:2]}; got {jnp.shape(ts)}."
+        )
+    ts_axis = 0 if jnp.ndim(ts) == 2 else None
+    if ts_axis == 0 and is_concrete(ts):
+        # Under `vmap` the per-series check could only run at run time.
+        _increasing(jnp.asarray(ts))
+    return ys, ts_axis, None if mask is None else 0

@@ -11,11 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import is_concrete
 from .._names import ADJOINTS, ODE_SOLVERS, resolve
 from ..solve import solve
 from ._fused_rk import _explicit_tableau, _fused_rk
-from .control import INTERPOLATIONS, _increasing, control_path
+from .control import INTERPOLATIONS, check_batch, control_path
 
 
 def _matrix_field(s, z, mlp):
@@ -217,27 +216,7 @@ class NeuralCDE(eqx.Module):
         `ts` `(n_times,)` shared or `(batch, n_times)`, `ys` `(batch, n_times,
         in_channels)`, `mask` like `ys` or `None`.
         """
-        ys = jnp.asarray(ys)
-        if ys.ndim != 3 or ys.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"`ys` must have shape (batch, n_times, {self.in_channels}) "
-                f"(`in_channels={self.in_channels}`); got {ys.shape}. For one series "
-                "call the model."
-            )
-        if mask is not None and jnp.shape(mask) != ys.shape:
-            raise ValueError(
-                f"`mask` must have the shape of `ys` {ys.shape}; got {jnp.shape(mask)}."
-            )
-        if jnp.shape(ts) not in (ys.shape[1:2], ys.shape[:2]):
-            raise ValueError(
-                f"`ts` must have shape (n_times,) = {ys.shape[1:2]} or (batch, "
-                f"n_times) = {ys.shape[:2]}; got {jnp.shape(ts)}."
-            )
-        ts_axis = 0 if jnp.ndim(ts) == 2 else None
-        if ts_axis == 0 and is_concrete(ts):
-            # Under `vmap` the per-series check could only run at run time.
-            _increasing(jnp.asarray(ts))
-        mask_axis = None if mask is None else 0
+        ys, ts_axis, mask_axis = check_batch(ts, ys, mask, self.in_channels)
         paths = jax.vmap(self.path, in_axes=(ts_axis, 0, mask_axis))(ts, ys, mask)
         return self._readouts(paths)
 

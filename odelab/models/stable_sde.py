@@ -28,7 +28,7 @@ import jax.random as jr
 
 from .._names import SDE_SOLVERS, resolve
 from ..solve import solve_sde
-from .control import _increasing, control_path
+from .control import check_batch, control_path
 
 
 STABLE_KINDS = ("lsde", "lnsde", "gsde")
@@ -229,18 +229,7 @@ class StableNeuralSDE(eqx.Module):
                 t, y, m, interpolation=self.interpolation, intensity=self.intensity
             )
 
-        if ys.ndim != 3 or ys.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"`ys` must have shape (batch, n_times, {self.in_channels}); got "
-                f"{ys.shape}."
-            )
-        if mask is not None and jnp.shape(mask) != ys.shape:
-            raise ValueError(
-                f"`mask` must have the shape of `ys` {ys.shape}; got {jnp.shape(mask)}."
-            )
-        ts = _increasing(jnp.asarray(ts))
-        t_axis = None if ts.ndim == 1 else 0
-        m_axis = None if mask is None else 0
+        ys, t_axis, m_axis = check_batch(ts, ys, mask, self.in_channels)
         grid = jnp.linspace(0.0, 1.0, self.steps + 1, dtype=ys.dtype)
         return jax.vmap(
             lambda t, y, m: jax.vmap(one(t, y, m).evaluate)(grid),
