@@ -16,6 +16,7 @@ BENCHMARKS = {
     "missing-rate": "odelab.bench.missing_rate",
     "models": "odelab.bench.models",
     "overhead": "odelab.bench.overhead",
+    "regularizers": "odelab.bench.regularizers",
     "samplers": "odelab.bench.samplers",
     "train-step": "odelab.bench.train_step",
     "work-precision": "odelab.bench.work_precision",
@@ -84,7 +85,9 @@ def _bench(argv):
         )
         return 2
     try:
-        return importlib.import_module(BENCHMARKS[name]).main(rest) or 0
+        result = importlib.import_module(BENCHMARKS[name]).main(rest)
+        # A benchmark's `main` returns its rows (for callers in Python), not a status.
+        return result if isinstance(result, int) else 0
     except SystemExit as e:  # argparse's usage errors: report, do not exit
         return e.code if isinstance(e.code, int) else 2
 

@@ -295,6 +295,74 @@ class SolverConfig(_Section):
     joint_batch: bool = False
 
 
+REGULARIZERS = (
+    "none",
+    "error",
+    "stiffness",
+    "local_error",
+    "local_stiffness",
+    "kinetic",
+    "jacobian",
+    "taylor",
+)
+"""Values accepted for `regularizer.kind` (`odelab.regularizers.KINDS`)."""
+
+WEIGHT_SCHEDULES = ("constant", "linear", "exponential")
+"""Values accepted for `regularizer.schedule`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RegularizerConfig(_Section):
+    r"""A regularizer added to the training loss (`odelab.regularizers`).
+
+    The loss of step $s$ of $S$ is $\mathrm{MSE} + w(s) R$, with $R$ of `kind` and
+    $w$ going from `weight` to `final_weight` as `schedule` says.
+
+    **Fields:**
+
+    - `kind`: `none`, the solver heuristics `error` ($R_E$) and `stiffness` ($R_S$;
+        both need adaptive steps and a discrete adjoint), their one-step estimates
+        `local_error` and `local_stiffness` (any adjoint), or the integral baselines
+        `kinetic`, `jacobian` (RNODE) and `taylor` (TayNODE). Default `"none"`.
+    - `weight`: $w(0)$. Default `0.0`.
+    - `final_weight`: $w(S)$; `None` keeps `weight`. Default `None`.
+    - `schedule`: `constant`, `linear` or `exponential` (geometric) from `weight`
+        to `final_weight`. Default `"constant"`.
+    - `sampling`: how the local kinds pick their step: `unbiased` (the step at a
+        uniform time) or `biased` (a uniform step). Default `"unbiased"`.
+    - `taylor_order`: $K$ of `taylor`. Default `2`.
+    """
+
+    _section: ClassVar[str] = "regularizer"
+    _choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        "kind": REGULARIZERS,
+        "schedule": WEIGHT_SCHEDULES,
+        "sampling": ("unbiased", "biased"),
+    }
+    _limits: ClassVar[dict[str, Callable[[Any], bool]]] = {
+        "weight": _nonnegative,
+        "final_weight": _nonnegative,
+        "taylor_order": _positive,
+    }
+
+    kind: str = "none"
+    weight: float = 0.0
+    final_weight: float | None = None
+    schedule: str = "constant"
+    sampling: str = "unbiased"
+    taylor_order: int = 2
+
+    def weight_at(self, step, total: int):
+        """$w$ at `step` (0-based, may be traced) of `total` steps."""
+        end = self.weight if self.final_weight is None else self.final_weight
+        frac = step / max(total, 1)
+        if self.schedule == "linear":
+            return self.weight + (end - self.weight) * frac
+        if self.schedule == "exponential" and self.weight > 0 and end > 0:
+            return self.weight * (end / self.weight) ** frac
+        return self.weight + 0 * frac
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig(_Section):
     """The training loop.
@@ -359,6 +427,7 @@ class Config:
     - `optimizer`: an `OptimizerConfig`. Default `OptimizerConfig()`.
     - `solver`: a `SolverConfig`. Default `SolverConfig()`.
     - `training`: a `TrainingConfig`. Default `TrainingConfig()`.
+    - `regularizer`: a `RegularizerConfig`. Default `RegularizerConfig()` (none).
     - `output`: an `OutputConfig`. Default `OutputConfig()`.
     """
 
@@ -368,6 +437,9 @@ class Config:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     solver: SolverConfig = dataclasses.field(default_factory=SolverConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    regularizer: RegularizerConfig = dataclasses.field(
+        default_factory=RegularizerConfig
+    )
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
     def __post_init__(self):

@@ -41,7 +41,14 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .config import ConfigError, _fraction, _positive, _Section, read_job_config
+from .config import (
+    ConfigError,
+    RegularizerConfig,
+    _fraction,
+    _positive,
+    _Section,
+    read_job_config,
+)
 
 
 CLASSIFIERS = ("neural_cde", "lsde", "lnsde", "gsde")
@@ -150,7 +157,13 @@ _SECTIONS = {
     "data": SeriesDataConfig,
     "training": SeriesTrainingConfig,
     "run": SeriesRunConfig,
+    "regularizer": RegularizerConfig,
 }
+
+SERIES_REGULARIZERS = ("none", "local_error", "local_stiffness")
+"""`regularizer.kind` values the series tasks take: the one-step estimates of the
+solver heuristics (`NeuralCDE.local_heuristics`, `NeuralSDE.local_heuristics`), which
+leave the model's fixed-step training solve as it is."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +176,9 @@ class SeriesConfig:
         default_factory=SeriesTrainingConfig
     )
     run: SeriesRunConfig = dataclasses.field(default_factory=SeriesRunConfig)
+    regularizer: RegularizerConfig = dataclasses.field(
+        default_factory=RegularizerConfig
+    )
 
 
 def load_task_config(source, overrides: Sequence[str] = ()) -> SeriesConfig:
@@ -173,6 +189,18 @@ def load_task_config(source, overrides: Sequence[str] = ()) -> SeriesConfig:
     config = SeriesConfig(**tops, **sections)
     if config.task not in TASKS:
         raise ConfigError(f"unknown `task: {config.task}`; valid: {', '.join(TASKS)}")
+    kind = config.regularizer.kind
+    if kind != "none" and (
+        kind not in SERIES_REGULARIZERS
+        or config.task == "latent_ode"
+        or (config.task == "classify_series" and config.model.kind != "neural_cde")
+    ):
+        raise ConfigError(
+            f"`regularizer.kind: {kind}` is not available for task {config.task} "
+            f"(model {config.model.kind}); the series tasks take "
+            f"{', '.join(SERIES_REGULARIZERS)} with `task: fit_sde` or the neural_cde "
+            "classifier"
+        )
     wanted = PROCESSES if config.task == "fit_sde" else SERIES
     if config.data.kind not in wanted:
         raise ConfigError(
@@ -247,15 +275,25 @@ def train_classifier(config: SeriesConfig, progress=None) -> tuple[object, dict]
     opt = optax.adam(tr.learning_rate)
     state = opt.init(eqx.filter(model, eqx.is_array))
 
-    def loss_fn(m, batch, k):
+    reg = config.regularizer
+
+    def loss_fn(m, batch, k, weight):
         logits = _logits(m, batch, k)
-        return jnp.mean(
+        loss = jnp.mean(
             optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
         )
+        if reg.kind == "none":
+            return loss, loss
+        r = m.local_heuristics(
+            batch.ts, batch.ys, batch.mask, key=jr.fold_in(k, 7), sampling=reg.sampling
+        )
+        return loss + weight * r[reg.kind == "local_stiffness"], loss
 
     @eqx.filter_jit
-    def step(m, s, batch, k):
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(m, batch, k)
+    def step(m, s, batch, k, weight):
+        (_, loss), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(
+            m, batch, k, weight
+        )
         updates, s = opt.update(grads, s, m)
         return eqx.apply_updates(m, updates), s, loss
 
@@ -268,7 +306,8 @@ def train_classifier(config: SeriesConfig, progress=None) -> tuple[object, dict]
     for i in range(tr.iterations):
         k = jr.fold_in(key, i + 1)
         batch = datasets.sample_batch(train_set, batch_size, k)
-        model, state, loss = step(model, state, batch, jr.fold_in(k, 1))
+        weight = reg.weight_at(i, tr.iterations)
+        model, state, loss = step(model, state, batch, jr.fold_in(k, 1), weight)
         losses.append(float(loss))
         if progress is not None:
             progress(i, losses[-1])
@@ -421,12 +460,22 @@ def fit_sde(config: SeriesConfig, progress=None) -> tuple[object, dict]:
         y0 = jnp.full((n, 1), x0)
         return mdl.batch_solution(ts, y0, key=k).ys[..., 0].T  # (n, n_times)
 
-    def loss_fn(mdl, batch, k):
-        return _mmd(simulate(mdl, batch.shape[0], k), batch)
+    reg = config.regularizer
+    dt = (ts[-1] - ts[0]) / model.steps
+
+    def loss_fn(mdl, batch, k, weight):
+        sims = simulate(mdl, batch.shape[0], k)
+        loss = _mmd(sims, batch)
+        if reg.kind == "none":
+            return loss, loss
+        r = mdl.local_heuristics(ts, sims[..., None], key=jr.fold_in(k, 7), dt=dt)
+        return loss + weight * r[reg.kind == "local_stiffness"], loss
 
     @eqx.filter_jit
-    def step(mdl, s, batch, k):
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(mdl, batch, k)
+    def step(mdl, s, batch, k, weight):
+        (_, loss), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(
+            mdl, batch, k, weight
+        )
         updates, s = opt.update(grads, s, mdl)
         return eqx.apply_updates(mdl, updates), s, loss
 
@@ -435,7 +484,8 @@ def fit_sde(config: SeriesConfig, progress=None) -> tuple[object, dict]:
     for i in range(tr.iterations):
         k = jr.fold_in(key, i + 1)
         idx = jr.choice(k, d.n_paths, (batch_size,), replace=False)
-        model, state, loss = step(model, state, ys[idx], jr.fold_in(k, 1))
+        weight = reg.weight_at(i, tr.iterations)
+        model, state, loss = step(model, state, ys[idx], jr.fold_in(k, 1), weight)
         losses.append(float(loss))
         if progress is not None:
             progress(i, losses[-1])

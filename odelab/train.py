@@ -6,7 +6,7 @@ Data flow of one training step (one `eqx.filter_jit`-ed function, `_train_step`)
 config ─► dataset (odelab.data.spirals → split) ─► train set (arrays)
 step s ─► key_s = fold_in(base_key, s) ─► sample_batch(train, batch_size, key_s)
 batch.ys[:, 0] ─► vmap(model)(batch.ts, ·) ─► odelab.solve (solver, adjoint) ─► ŷ
-loss = mean((ŷ - batch.ys)²) ─► eqx.filter_value_and_grad ─► optax update ─► model'
+loss = mean((ŷ - batch.ys)²) + w(step) R ─► eqx.filter_value_and_grad ─► optax update
 ```
 
 The task is trajectory fitting: from the first observation of each trajectory the model
@@ -19,8 +19,9 @@ uninterrupted one on the same device.
 A run writes to `<out_root or output.dir>/<name>/`:
 
 - `config.yaml`: the config (`odelab.config.dump_config`);
-- `metrics.jsonl`: one JSON object per logged step (`step`, `loss`, `grad_norm`,
-  `steps_per_s`, and `val_mse`/`nfe` at evaluations);
+- `metrics.jsonl`: one JSON object per logged step (`step`, `loss` (the MSE),
+  `grad_norm`, `steps_per_s`, `nfe_per_step`, `regularizer` ($R$, when one is
+  configured), and `val_mse`/`nfe` at evaluations);
 - `checkpoint.eqx` + `checkpoint.json`: the last good state and its config, each
   replaced atomically;
 - `loss.png`, `trajectories.png` if `output.plots`.
@@ -47,6 +48,7 @@ from . import data as _data
 from ._engine import _MAX_STEPS_MSG
 from .config import Config, ConfigError, atomic_write, config_to_dict, dump_config
 from .models import AugmentedNeuralODE, NeuralODE
+from .regularizers import check_kind, regularized_solution
 
 
 CHECKPOINT = "checkpoint.eqx"
@@ -186,24 +188,57 @@ def _mse_nfe(model, ts, ys):
     return jnp.mean((predicted - ys) ** 2), sol.stats["nfe"]
 
 
+def _regularized_loss(model, ts, ys, regularizer, weight, key):
+    # MSE + w R (odelab.regularizers); returns (loss, (mse, R, nfe)).
+    predicted, r, nfe = regularized_solution(
+        model,
+        ts,
+        ys[:, 0],
+        kind=regularizer.kind,
+        key=key,
+        sampling=regularizer.sampling,
+        taylor_order=regularizer.taylor_order,
+    )
+    predicted = jnp.swapaxes(predicted, 0, 1)[..., : ys.shape[-1]]
+    mse = jnp.mean((predicted - ys) ** 2)
+    return mse + weight * r, (mse, r, nfe)
+
+
 @eqx.filter_jit
 def _train_step(
-    model, opt_state, train_set, base_key, step, optimizer, batch_size, mesh
+    model,
+    opt_state,
+    train_set,
+    base_key,
+    step,
+    optimizer,
+    batch_size,
+    mesh,
+    regularizer=None,
+    total=1,
 ):
-    batch = _data.sample_batch(train_set, batch_size, jr.fold_in(base_key, step))
+    step_key = jr.fold_in(base_key, step)
+    batch = _data.sample_batch(train_set, batch_size, step_key)
     ys = batch.ys
     if mesh is not None:
         # Data parallelism: the batch axis is split over the devices, everything else
         # is replicated; XLA inserts the all-reduce of the loss and gradients.
         ys = jax.lax.with_sharding_constraint(ys, NamedSharding(mesh, P("batch")))
-    (loss, nfe), grads = eqx.filter_value_and_grad(_mse_nfe, has_aux=True)(
-        model, batch.ts, ys
-    )
+    if regularizer is None or regularizer.kind == "none":
+        (loss, nfe), grads = eqx.filter_value_and_grad(_mse_nfe, has_aux=True)(
+            model, batch.ts, ys
+        )
+        r = jnp.zeros((), loss.dtype)
+    else:
+        weight = regularizer.weight_at(step, total)
+        (_, (loss, r, nfe)), grads = eqx.filter_value_and_grad(
+            _regularized_loss, has_aux=True
+        )(model, batch.ts, ys, regularizer, weight, jr.fold_in(step_key, 1))
     updates, opt_state = optimizer.update(
         grads, opt_state, eqx.filter(model, eqx.is_array)
     )
     model = eqx.apply_updates(model, updates)
-    return model, opt_state, loss, optax.tree.norm(grads), nfe
+    return model, opt_state, loss, optax.tree.norm(grads), nfe, r
 
 
 def _diagnose(model, train_set, base_key, step, batch_size) -> str:
@@ -372,6 +407,14 @@ def train(
             "lower it or generate more data"
         )
     mesh = data_mesh(section.batch_size)
+    try:
+        check_kind(
+            config.regularizer.kind,
+            config.regularizer.sampling,
+            make_model(config, jr.key(0)),
+        )
+    except ValueError as error:
+        raise ConfigError(f"`regularizer`: {error}") from None
     total = section.steps if stop_after is None else min(stop_after, section.steps)
     optimizer = make_optimizer(config)
     metrics_path = os.path.join(directory, METRICS)
@@ -400,17 +443,24 @@ def train(
     with bar:
         for step in range(start + 1, total + 1):
             try:
-                model_next, opt_next, loss_array, grad_norm_array, nfe_array = (
-                    _train_step(
-                        model,
-                        opt_state,
-                        train_set,
-                        base_key,
-                        jnp.asarray(step - 1, jnp.int32),
-                        optimizer,
-                        section.batch_size,
-                        mesh,
-                    )
+                (
+                    model_next,
+                    opt_next,
+                    loss_array,
+                    grad_norm_array,
+                    nfe_array,
+                    reg_array,
+                ) = _train_step(
+                    model,
+                    opt_state,
+                    train_set,
+                    base_key,
+                    jnp.asarray(step - 1, jnp.int32),
+                    optimizer,
+                    section.batch_size,
+                    mesh,
+                    config.regularizer,
+                    section.steps,
                 )
                 loss, grad_norm = float(loss_array), float(grad_norm_array)
             except eqx.EquinoxRuntimeError as error:
@@ -444,6 +494,8 @@ def train(
                     "steps_per_s": rate,
                     "nfe_per_step": int(nfe_array),
                 }
+                if config.regularizer.kind != "none":
+                    record["regularizer"] = float(reg_array)
                 bar.set_postfix(
                     loss=f"{loss:.4g}", nfe=int(nfe_array), steps_per_s=f"{rate:.3g}"
                 )

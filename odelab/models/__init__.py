@@ -8,4 +8,5 @@ from .neural_ode import (
     NeuralODE as NeuralODE,
 )
 from .neural_sde import NeuralSDE as NeuralSDE
+from .ode_classifier import ODEClassifier as ODEClassifier
 from .stable_sde import StableNeuralSDE as StableNeuralSDE

@@ -9,9 +9,11 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 
 from .._names import ADJOINTS, ODE_SOLVERS, resolve
+from ..regularizers import sampled_step_heuristics
 from ..solve import solve
 from ._fused_rk import _explicit_tableau, _fused_rk
 from .control import INTERPOLATIONS, check_batch, control_path
@@ -219,6 +221,50 @@ class NeuralCDE(eqx.Module):
         ys, ts_axis, mask_axis = check_batch(ts, ys, mask, self.in_channels)
         paths = jax.vmap(self.path, in_axes=(ts_axis, 0, mask_axis))(ts, ys, mask)
         return self._readouts(paths)
+
+    def local_heuristics(
+        self,
+        ts,
+        ys,
+        mask=None,
+        *,
+        key,
+        sampling: str = "unbiased",
+        rtol=None,
+        atol=None,
+    ):
+        r"""One-step estimates of the solver-heuristic regularizers $R_E$ and $R_S$
+        of the CDE's solve over $s \in [0, 1]$, the mean over the batch
+        (`odelab.regularizers.sampled_step_heuristics` on $dz/ds = F_\theta(z)\,
+        dX/ds$): an adaptive Tsit5 solve without gradient picks one accepted step
+        per series, which is taken again with gradient. Works whatever solver,
+        adjoint or fixed steps the model trains with; add `weight * r[0]` (error)
+        or `weight * r[1]` (stiffness) to the loss.
+
+        `rtol`, `atol` default to the model's. Arguments otherwise as `batch`.
+        """
+        ys, ts_axis, mask_axis = check_batch(ts, ys, mask, self.in_channels)
+        paths = jax.vmap(self.path, in_axes=(ts_axis, 0, mask_axis))(ts, ys, mask)
+        keys = jr.split(key, ys.shape[0])
+
+        def one(path, k):
+            field = diffrax.ControlTerm(_matrix_field, path).to_ode().vector_field
+            z0 = self.initial(path.evaluate(path.t0))
+            return sampled_step_heuristics(
+                field,
+                z0,
+                0.0,
+                1.0,
+                self.vector_field,
+                key=k,
+                mode=sampling,
+                rtol=self.rtol if rtol is None else rtol,
+                atol=self.atol if atol is None else atol,
+                max_steps=self.max_steps,
+            )
+
+        error, stiffness = jax.vmap(one)(paths, keys)
+        return jnp.mean(error), jnp.mean(stiffness)
 
     def _readouts(self, paths):
         if self._tableau is not None:

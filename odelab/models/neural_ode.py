@@ -109,10 +109,11 @@ class NeuralODE(eqx.Module):
                 f"`y0` must be one state of shape (dim,), got shape {jnp.shape(y0)}; "
                 "batch with `jax.vmap(model, in_axes=(None, 0))`."
             )
-        return self._solve(self._field, y0, ts, throw)
+        return self._solve(self.vector_field, y0, ts, throw)
 
     @property
-    def _field(self):
+    def vector_field(self):
+        r"""$f(t, y, \mathrm{mlp})$: the field solved, with the MLP as its `args`."""
         return _time_field if self.time_dependent else _field
 
     def _solve(self, field, y0, ts, throw):
@@ -154,7 +155,7 @@ class NeuralODE(eqx.Module):
                 sol,
                 (ys, dict(sol.stats, nfe=jnp.max(sol.stats["nfe"]))),
             )
-        field = self._field
+        field = self.vector_field
         batch_field = lambda t, y, mlp: jax.vmap(lambda yi: field(t, yi, mlp))(y)  # noqa: E731
         return self._solve(batch_field, y0s, ts, throw)
 

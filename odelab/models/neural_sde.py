@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .._names import SDE_SOLVERS, resolve
+from ..regularizers import local_error_estimate
 from ..solve import solve_sde
 
 
@@ -236,6 +237,51 @@ class NeuralSDE(eqx.Module):
     def __call__(self, ts, y0, *, key):
         """The trajectory at `ts`, shape `(len(ts), dim)`."""
         return self.solution(ts, y0, key=key).ys
+
+    def local_heuristics(self, ts, paths, *, key, dt, rtol=None, atol=None):
+        r"""One-step estimates of the solver-heuristic regularizers along simulated
+        paths: for each path a save time $t_k$ is drawn uniformly (excluding the
+        last) and one step of the Heun pair of size `dt` is taken from $y(t_k)$
+        (held constant) over a fresh Brownian increment; returns the batch means of
+        $T E$ and $T \hat\lambda$ (`odelab.regularizers.local_error_estimate`
+        with `diffusion`), estimates of $R_E$ and $R_S$ of a solve with steps `dt`.
+
+        The Heun pair converges to the Stratonovich solution; for an Itô model with
+        multiplicative noise the estimate is a heuristic of the step's difficulty,
+        not of its error. Diagonal noise only.
+
+        **Arguments:** `ts` (save times, uniform), `paths` `(batch, len(ts), dim)`,
+        `key`, `dt` (e.g. the training step), `rtol`, `atol` (default the model's).
+        """
+        if self.noise != "diagonal":
+            raise ValueError(
+                f"`local_heuristics` takes diagonal noise; got noise={self.noise!r}."
+            )
+        ts = jnp.asarray(ts)
+        span = (ts[-1] - ts[0]).astype(paths.dtype)
+        keys = jr.split(key, paths.shape[0])
+
+        def one(path, k):
+            k_time, k_step = jr.split(k)
+            i = jr.randint(k_time, (), 0, ts.shape[0] - 1)
+            e, s = local_error_estimate(
+                lambda t, y, m: m.drift_fn(t, y),
+                ts[i],
+                path[i],
+                self,
+                t1=ts[-1],
+                solver="heun",
+                rtol=self.rtol if rtol is None else rtol,
+                atol=self.atol if atol is None else atol,
+                dt=jnp.asarray(dt, ts.dtype),
+                diffusion=lambda t, y, m: m.diffusion_fn(t, y),
+                key=k_step,
+            )
+            return e, s
+
+        errors, stiffness = jax.vmap(one)(paths, keys)
+        scale = span / jnp.abs(jnp.asarray(dt, paths.dtype))
+        return scale * jnp.mean(errors), scale * jnp.mean(stiffness)
 
     def batch_solution(self, ts, y0s, *, key, throw: bool = True) -> diffrax.Solution:
         """Solve a batch `y0s` of shape `(batch, dim)`, each row with its own Brownian

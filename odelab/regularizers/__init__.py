@@ -8,6 +8,12 @@ from .integral import (
 from .local import (
     local_error_estimate as local_error_estimate,
     sample_time as sample_time,
+    sampled_step_heuristics as sampled_step_heuristics,
+)
+from .objective import (
+    KINDS as KINDS,
+    check_kind as check_kind,
+    regularized_solution as regularized_solution,
 )
 from .solver_heuristics import (
     Heuristics as Heuristics,

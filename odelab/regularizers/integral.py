@@ -84,6 +84,15 @@ def integral_regularizers(
     Johnson, D. Duvenaud, "Learning Differential Equations that are Easy to Solve",
     NeurIPS 2020, arXiv:2007.04504.
     """
+    sol, d, which = _integral_solve(
+        vector_field, y0, ts, args, which, taylor_order, key, solve_kwargs
+    )
+    integrals = {name: sol.ys[-1, d + i] for i, name in enumerate(which)}
+    return sol.ys[:, :d], integrals
+
+
+def _integral_solve(vector_field, y0, ts, args, which, taylor_order, key, solve_kwargs):
+    # The solution of the augmented state `(y, integrals)`, its split and names.
     which = tuple(which)
     unknown = [w for w in which if w not in REGULARIZERS]
     if unknown or not which:
@@ -111,6 +120,4 @@ def integral_regularizers(
         return jnp.concatenate([f, jnp.stack(rates).astype(f.dtype)])
 
     state0 = jnp.concatenate([y0, jnp.zeros((len(which),), y0.dtype)])
-    sol = solve(field, state0, ts, args, **solve_kwargs)
-    integrals = {name: sol.ys[-1, d + i] for i, name in enumerate(which)}
-    return sol.ys[:, :d], integrals
+    return solve(field, state0, ts, args, **solve_kwargs), d, which

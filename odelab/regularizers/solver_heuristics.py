@@ -13,12 +13,20 @@ E_j = \Big\| \frac{\hat e_j}{\mathrm{atol} + \mathrm{rtol}\max(|y_j|, |y_{j+1}|)
 the step-size controller's own error norm of the embedded error $\hat e_j$, and
 
 $$R_S = \sum_j |\Delta t_j|\,\hat\lambda_j, \qquad
-|\Delta t_j|\,\hat\lambda_j = \frac{\|k_s - k_{s-1}\|_2}{\|y_{j+1} - g_{s-1}\|_2},$$
+|\Delta t_j|\,\hat\lambda_j = \frac{\|k_s - k_{s-1}\|_2}{\|g_s - g_{s-1}\|_2},$$
 
-Shampine's estimate of $h|\lambda|$ (the dominant eigenvalue along the step) from the
-last two stages of an FSAL pair, which are both evaluated at $t_{j+1}$: $k_s = h f(y_{j+1})$
-and $k_{s-1} = h f(g_{s-1})$. (Pal et al. take the largest componentwise ratio; the norm
-ratio does not divide by components that happen to agree.)
+the Lipschitz quotient of the step's last two stages $k_i = h f(g_i)$, with $g_i$ the
+state stage $i$ evaluates at. For an FSAL pair (Tsit5, Dopri5) both stages sit at
+$t_{j+1}$ and $g_s = y_{j+1}$: this is Shampine's estimate of $h|\lambda|$, $\lambda$
+the dominant eigenvalue along the step. (Pal et al. take the largest componentwise
+ratio; the norm ratio does not divide by components that happen to agree.) For a pair
+whose last two stages sit at different times (Heun, the adaptive pair for
+Stratonovich SDEs, where $k_i$ also carries the noise increment) the quotient also
+sees $\partial_t f$; for an autonomous field it is the same estimate.
+
+SDEs: `solve_with_heuristics(..., diffusion=g, key=...)` accumulates the same sums
+over the adaptive steps of an SDE pair (default Heun, whose error estimate is its
+difference to Euler) on a `diffrax.VirtualBrownianTree`.
 
 Both come out of the forward solve at no extra cost; their gradients are the discrete
 adjoint's (backpropagation through the solver's arithmetic), with the step sizes held
@@ -30,20 +38,29 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import lineax as lx
 import numpy as np
 
-from .._names import ODE_SOLVERS, resolve
+from .._names import ODE_SOLVERS, SDE_SOLVERS, resolve
+from ..solvers.nfe import count_nfe, nfe_costs, read_nfe
+
+
+def _safe_sqrt(x):
+    # sqrt with a zero (not infinite) gradient at 0: a stage difference is exactly 0
+    # for a field that is constant along the step.
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
 
 
 def _rms(tree):
     leaves = jtu.tree_leaves(tree)
     total = sum(jnp.sum(x**2) for x in leaves)
     size = sum(x.size for x in leaves)
-    return jnp.sqrt(total / size)
+    return _safe_sqrt(total / size)
 
 
 def _norm(tree):
-    return jnp.sqrt(sum(jnp.sum(x**2) for x in jtu.tree_leaves(tree)))
+    return _safe_sqrt(sum(jnp.sum(x**2) for x in jtu.tree_leaves(tree)))
 
 
 class Heuristics(eqx.Module):
@@ -62,14 +79,13 @@ class HeuristicsSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSo
 
     **Arguments:**
 
-    - `solver`: an explicit Runge–Kutta solver with an error estimate whose last two
-      stages both sit at the end of the step (FSAL pairs: `diffrax.Tsit5`,
-      `diffrax.Dopri5`, `diffrax.Dopri8`, ...), or its odelab name.
+    - `solver`: an explicit Runge–Kutta solver with an error estimate
+      (`diffrax.Tsit5`, `diffrax.Dopri5`, `diffrax.Heun` for SDEs, ...), or its
+      odelab name.
     - `rtol`, `atol`: the tolerances of the step-size controller, so that $E_j$ is the
       controller's own error norm.
 
-    **Raises:** `ValueError` for a solver without an error estimate or whose last two
-    stages are not both at the step's end.
+    **Raises:** `ValueError` for a solver without an error estimate.
 
     **Reference:** A. Pal, Y. Ma, V. Shah, C. Rackauckas, "Opening the Blackbox:
     Accelerating Neural Differential Equations by Regularizing Internal Solver
@@ -81,7 +97,8 @@ class HeuristicsSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSo
     atol: float
 
     def __init__(self, solver="tsit5", rtol=1e-3, atol=1e-6):
-        solver = resolve(solver, ODE_SOLVERS, "ODE solver", "solver")
+        names = {**SDE_SOLVERS, **ODE_SOLVERS}
+        solver = resolve(solver, names, "Runge–Kutta solver", "solver")
         tableau = getattr(solver, "tableau", None)
         if (
             not isinstance(tableau, diffrax.ButcherTableau)
@@ -92,12 +109,6 @@ class HeuristicsSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSo
             raise ValueError(
                 f"`solver={type(solver).__name__}()` is not an explicit Runge–Kutta "
                 "pair with an error estimate; use e.g. 'tsit5' or 'dopri5'."
-            )
-        if len(tableau.c) < 2 or not (tableau.c[-1] == tableau.c[-2] == 1):
-            raise ValueError(
-                f"`{type(solver).__name__}`'s last two stages are not both at the "
-                "end of the step, which the stiffness estimate needs; use 'tsit5' or "
-                "'dopri5'."
             )
         self.solver = solver
         self.rtol = rtol
@@ -155,17 +166,22 @@ def step_heuristics(tableau, y0, y1, y_error, ks, rtol, atol):
         lambda a, b: atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)), y0, y1
     )
     error = _rms(jtu.tree_map(lambda e, s: e / s, y_error, scale))
-    # g_{s-1} = y0 + sum_j a_{s-1, j} k_j: the state the second-to-last stage saw.
-    row = tableau.a_lower[-2]
-    g = jtu.tree_map(
-        lambda y, k: (
-            y + sum(jnp.asarray(a, k.dtype) * k[i] for i, a in enumerate(row) if a != 0)
-        ),
-        y0,
-        ks,
-    )
+    # g_i = y0 + sum_j a_{i, j} k_j: the state stage i saw (g_0 = y0). For an FSAL
+    # pair the last stage's is y1; the difference is formed from the rows directly.
+    last = len(tableau.a_lower)
+    rows = [np.zeros(last)] + [
+        np.pad(np.asarray(r, float), (0, last - len(r))) for r in tableau.a_lower
+    ]
+    diff = rows[-1] - rows[-2]
     dk = _norm(jtu.tree_map(lambda k: k[-1] - k[-2], ks))
-    dy = _norm(jtu.tree_map(lambda a, b: a - b, y1, g))
+    dy = _norm(
+        jtu.tree_map(
+            lambda k: sum(
+                jnp.asarray(a, k.dtype) * k[i] for i, a in enumerate(diff) if a != 0
+            ),
+            ks,
+        )
+    )
     safe = jnp.where(dy > 0, dy, 1)
     stiffness = jnp.where(dy > 0, dk / safe, 0)
     return error, stiffness
@@ -188,27 +204,43 @@ def solve_with_heuristics(
     ts,
     args=None,
     *,
-    solver="tsit5",
+    diffusion=None,
+    key=None,
+    solver=None,
     rtol: float = 1e-3,
     atol: float = 1e-6,
     dt0=None,
     adjoint="checkpoint",
     max_steps: int = 4096,
 ) -> tuple[diffrax.Solution, Heuristics]:
-    r"""Solve $dy/dt = f(t, y, \mathrm{args})$ adaptively and return the solution at
-    `ts` with the heuristics $R_E$, $R_S$ of its accepted steps (add
-    `weight * h.error` or `weight * h.stiffness` to a loss).
+    r"""Solve $dy = f(t, y, \mathrm{args})\,dt$ (or, with `diffusion`, the SDE
+    $dy = f\,dt + g(t, y, \mathrm{args}) \circ dW$ with diagonal noise) adaptively and
+    return the solution at `ts` with the heuristics $R_E$, $R_S$ of its accepted
+    steps (add `weight * h.error` or `weight * h.stiffness` to a loss).
 
-    **Arguments:** `vector_field`, `y0` (any pytree), `ts` (save times, increasing),
-    `args`; `solver` (an FSAL explicit pair, default Tsit5), `rtol`, `atol`, `dt0`
-    (default: diffrax's initial-step heuristic), `max_steps`; `adjoint`:
-    `"checkpoint"` (recursive checkpointing) or `"direct"`, the discrete adjoints.
+    **Arguments:**
 
-    **Returns:** `(solution, Heuristics(error, stiffness, steps))`.
+    - `vector_field` $f$, `y0` (any pytree; a single array for an SDE), `ts` (save
+      times, increasing), `args`.
+    - `diffusion`: $g$, shaped like `y0` (diagonal noise, Stratonovich); `None` for
+      an ODE.
+    - `key`: the Brownian motion's key (SDE only); the path is a
+      `diffrax.VirtualBrownianTree`, so adaptive steps may query any time.
+    - `solver`: an explicit pair with an error estimate; default Tsit5 (ODE) or Heun
+      (SDE).
+    - `rtol`, `atol`, `dt0` (default: diffrax's initial-step heuristic; required for
+      an SDE), `max_steps`.
+    - `adjoint`: `"checkpoint"` (recursive checkpointing) or `"direct"`, the discrete
+      adjoints.
 
-    **Raises:** `ValueError` for another adjoint: a continuous adjoint
-    (`"backsolve"`, ...) does not differentiate quantities kept in the solver state,
-    and diffrax returns a zero gradient for them without saying so.
+    **Returns:** `(solution, Heuristics(error, stiffness, steps))`; `solution.stats
+    ["nfe"]` counts the evaluations of $f$ (of $f$ and $g$ for an SDE), rejected
+    steps included.
+
+    **Raises:** `ValueError` for another adjoint (a continuous adjoint such as
+    `"backsolve"` does not differentiate quantities kept in the solver state, and
+    diffrax returns a zero gradient for them without saying so), or for an SDE
+    without `key` or `dt0`.
 
     **Example:**
 
@@ -230,17 +262,46 @@ def solve_with_heuristics(
             "only the discrete adjoints differentiate; use 'checkpoint' or 'direct'."
         )
     ts = jnp.asarray(ts)
+    term = diffrax.ODETerm(vector_field)
+    if diffusion is not None:
+        if key is None or dt0 is None:
+            raise ValueError(
+                "An SDE solve needs `key=` (its Brownian motion) and `dt0=` (the "
+                "first step; diffrax's initial-step heuristic is for ODEs)."
+            )
+        y0 = jnp.asarray(y0)
+        t0, t1 = ts[0], ts[-1]
+        bm = diffrax.VirtualBrownianTree(
+            jnp.minimum(t0, t1),
+            jnp.maximum(t0, t1),
+            tol=jnp.abs(jnp.asarray(dt0, y0.dtype)) / 2**8,
+            shape=jax.ShapeDtypeStruct(y0.shape, y0.dtype),
+            key=key,
+        )
+        g = lambda t, y, a: lx.DiagonalLinearOperator(diffusion(t, y, a))  # noqa: E731
+        term = diffrax.MultiTerm(term, diffrax.ControlTerm(g, bm))
+    wrapper = HeuristicsSolver(
+        solver or ("tsit5" if diffusion is None else "heun"), rtol, atol
+    )
+    controller = count_nfe(
+        diffrax.PIDController(rtol=rtol, atol=atol), nfe_costs(wrapper.solver, term)
+    )
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        HeuristicsSolver(solver, rtol, atol),
+        term,
+        wrapper,
         ts[0],
         ts[-1],
         dt0,
         y0,
         args,
-        saveat=diffrax.SaveAt(ts=ts, solver_state=True),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        saveat=diffrax.SaveAt(ts=ts, solver_state=True, controller_state=True),
+        stepsize_controller=controller,
         adjoint=adjoints[adjoint](),
         max_steps=max_steps,
+    )
+    sol = eqx.tree_at(
+        lambda s: (s.stats, s.controller_state),
+        sol,
+        (dict(sol.stats, nfe=read_nfe(sol.controller_state)), None),
     )
     return sol, heuristics_of(sol)

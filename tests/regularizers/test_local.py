@@ -10,6 +10,8 @@ import pytest
 from odelab.regularizers import (
     local_error_estimate,
     sample_time,
+    sampled_step_heuristics,
+    solve_with_heuristics,
     step_heuristics,
 )
 
@@ -74,3 +76,89 @@ def test_under_vmap_over_sampled_times(key):
         lambda t: local_error_estimate(_field, t, jnp.ones(2), mlp, t1=1.0)[0]
     )(times)
     assert out.shape == (8,) and np.all(np.isfinite(np.asarray(out)))
+
+
+def _accepted_grid(field, y0, t1, args, rtol, atol):
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        diffrax.Tsit5(),
+        0.0,
+        t1,
+        None,
+        y0,
+        args,
+        saveat=diffrax.SaveAt(t0=True, steps=True),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+    )
+    n = int(sol.stats["num_accepted_steps"])
+    return np.asarray(sol.ts[: n + 1]), sol.ys[: n + 1]
+
+
+@pytest.mark.x64
+def test_sampled_step_is_an_unbiased_estimate_of_the_global_sums(key):
+    # Monte-Carlo: the mean of T E_j over steps drawn at uniform times is R_E (and
+    # of T lambda_j, R_S); steps drawn uniformly instead give (T/n) sum_j E_j.
+    mlp = eqx.nn.MLP(2, 2, 16, 1, activation=jnp.tanh, key=jax.random.key(3))
+    y0, t1, rtol, atol = jnp.array([1.0, -0.5]), 3.0, 1e-5, 1e-7
+    _, h = solve_with_heuristics(
+        _field, y0, jnp.array([0.0, t1]), mlp, rtol=rtol, atol=atol
+    )
+    n_samples = 4000
+    keys = jax.random.split(key, n_samples)
+
+    def estimates(mode):
+        return jax.jit(
+            jax.vmap(
+                lambda k: sampled_step_heuristics(
+                    _field, y0, 0.0, t1, mlp, key=k, mode=mode, rtol=rtol, atol=atol
+                )
+            )
+        )(keys)
+
+    for samples, target in zip(estimates("unbiased"), (h.error, h.stiffness)):
+        samples = np.asarray(samples)
+        se = samples.std(ddof=1) / np.sqrt(n_samples)
+        assert se > 0
+        assert abs(samples.mean() - float(target)) < 4 * se, (samples.mean(), target)
+
+    ts, ys = _accepted_grid(_field, y0, t1, mlp, rtol, atol)
+    errors = []
+    for j in range(len(ts) - 1):
+        e, _ = local_error_estimate(
+            _field, ts[j], ys[j], mlp, t1=t1, dt=ts[j + 1] - ts[j], rtol=rtol, atol=atol
+        )
+        errors.append(float(e) / (ts[j + 1] - ts[j]))
+    biased = np.asarray(estimates("biased")[0])
+    se = biased.std(ddof=1) / np.sqrt(n_samples)
+    assert abs(biased.mean() - t1 * np.mean(errors)) < 4 * se
+
+
+@pytest.mark.x64
+def test_local_sde_step(key):
+    drift = lambda t, y, a: -a[0] * y
+    diffusion = lambda t, y, a: a[1] * y
+    y, dt = jnp.array([1.0, 0.5]), 0.05
+    e, s = local_error_estimate(
+        drift, 0.0, y, (1.0, 0.4), t1=1.0, dt=dt, diffusion=diffusion, key=key
+    )
+    # One Heun step with the same increment, by hand: k0 = f dt + g dW at y,
+    # k1 at y + k0; error = (k1 - k0) / 2 against the Euler step.
+    dw = jax.random.normal(key, (2,), y.dtype) * np.sqrt(dt)
+    k0 = -1.0 * y * dt + 0.4 * y * dw
+    g = y + k0
+    k1 = -1.0 * g * dt + 0.4 * g * dw
+    y1 = y + (k0 + k1) / 2
+    scale = 1e-6 + 1e-3 * jnp.maximum(jnp.abs(y), jnp.abs(y1))
+    e_ref = jnp.sqrt(jnp.mean(((k1 - k0) / 2 / scale) ** 2)) * dt
+    np.testing.assert_allclose(float(e), float(e_ref), rtol=1e-10)
+    np.testing.assert_allclose(
+        float(s), float(jnp.linalg.norm(k1 - k0) / jnp.linalg.norm(k0)), rtol=1e-10
+    )
+    grad = jax.grad(
+        lambda a: local_error_estimate(
+            drift, 0.0, y, a, t1=1.0, dt=dt, diffusion=diffusion, key=key
+        )[0]
+    )((1.0, 0.4))
+    assert np.isfinite(float(grad[1])) and float(grad[1]) != 0
+    with pytest.raises(ValueError, match="`key=`"):
+        local_error_estimate(drift, 0.0, y, (1.0, 0.4), t1=1.0, diffusion=diffusion)

@@ -140,8 +140,14 @@ def test_gradient_equals_the_manual_loops_gradient(which):
 def test_errors():
     with pytest.raises(ValueError, match="error estimate"):
         HeuristicsSolver("rk4")
-    with pytest.raises(ValueError, match="end of the step"):
-        HeuristicsSolver(diffrax.Bosh3())
+    with pytest.raises(ValueError, match="`key=`"):
+        solve_with_heuristics(
+            lambda t, y, a: -y,
+            jnp.ones(2),
+            jnp.array([0.0, 1.0]),
+            diffusion=lambda t, y, a: y,
+            dt0=0.1,
+        )
     with pytest.raises(ValueError, match="discrete adjoints"):
         solve_with_heuristics(
             lambda t, y, a: -y, jnp.ones(2), jnp.array([0.0, 1.0]), adjoint="backsolve"
@@ -156,3 +162,56 @@ def test_under_vmap_and_jit():
 
     out = jax.jit(jax.vmap(f))(jnp.array([1.0, 10.0, 100.0]))
     assert np.all(np.diff(np.asarray(out)) > 0)
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("solver", ["heun", "bosh3", "dopri5"])
+def test_stage_quotient_is_h_lambda_for_any_pair(solver):
+    # For y' = -p y the last two stages differ by h(-p) times their states' difference,
+    # whether or not they sit at the same time: R_S = p T exactly.
+    _, h = solve_with_heuristics(
+        lambda t, y, p: -p * y,
+        jnp.ones(2),
+        jnp.array([0.0, 2.0]),
+        5.0,
+        solver=solver,
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(float(h.stiffness), 10.0, rtol=1e-10)
+
+
+@pytest.mark.x64
+def test_sde_heuristics(key):
+    drift = lambda t, y, a: -a[0] * y
+    ts = jnp.array([0.0, 1.0])
+    # Without noise the stage quotient of y' = -p y is h p on every step (the SDE's
+    # error order gives other steps than an ODE solve): R_S = p T.
+    sol, sde = solve_with_heuristics(
+        drift,
+        jnp.ones(2),
+        ts,
+        (2.0, 0.0),
+        diffusion=lambda t, y, a: a[1] * y,
+        key=key,
+        dt0=0.1,
+    )
+    np.testing.assert_allclose(float(sde.stiffness), 2.0, rtol=1e-10)
+    assert int(sol.stats["nfe"]) > 0
+
+    # With noise the estimate is differentiable in the diffusion's parameters (discrete adjoint) and batched by vmap.
+    def error(a, k):
+        return solve_with_heuristics(
+            drift,
+            jnp.ones(2),
+            ts,
+            a,
+            diffusion=lambda t, y, a: a[1] * y,
+            key=k,
+            dt0=0.1,
+        )[1].error
+
+    assert float(error((2.0, 0.5), key)) > 0
+    grad = jax.grad(error)((2.0, 0.5), key)
+    assert np.isfinite(float(grad[1])) and float(grad[1]) != 0
+    many = jax.vmap(lambda k: error((2.0, 0.5), k))(jax.random.split(key, 4))
+    assert many.shape == (4,) and len(set(np.asarray(many).tolist())) == 4
