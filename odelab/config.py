@@ -427,7 +427,8 @@ class Config:
     - `optimizer`: an `OptimizerConfig`. Default `OptimizerConfig()`.
     - `solver`: a `SolverConfig`. Default `SolverConfig()`.
     - `training`: a `TrainingConfig`. Default `TrainingConfig()`.
-    - `regularizer`: a `RegularizerConfig`. Default `RegularizerConfig()` (none).
+    - `regularizer`: a `RegularizerConfig` (none unless set). Default
+        `RegularizerConfig()`.
     - `output`: an `OutputConfig`. Default `OutputConfig()`.
     """
 

@@ -234,7 +234,7 @@ def test_unknown_section():
     with pytest.raises(
         ConfigError,
         match=r"unknown config section `modle`; valid: name, model, data, optimizer, "
-        r"solver, training, output \(did you mean `model`\?\)",
+        r"solver, training, regularizer, output \(did you mean `model`\?\)",
     ):
         load_config({"modle": {}})
 

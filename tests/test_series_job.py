@@ -25,6 +25,14 @@ def test_config_errors():
         load_task_config(dict(task="fit_sde", data=dict(kind="spirals")))
     with pytest.raises(ConfigError, match="missing_rate"):
         load_task_config(_config(data=dict(missing_rate=1.0)))
+    with pytest.raises(ConfigError, match="not available"):
+        load_task_config(
+            _config(model=dict(kind="lsde"), regularizer=dict(kind="local_error"))
+        )
+    with pytest.raises(ConfigError, match="not available"):
+        load_task_config(
+            dict(task="fit_sde", data=dict(kind="ou"), regularizer=dict(kind="error"))
+        )
 
 
 @pytest.mark.loose_promotion  # optax's adam (see tests/conftest.py)
@@ -59,7 +67,11 @@ def test_accuracy_at_half_missing_is_within_margin_of_complete_data():
         ("latent_ode", dict(data=dict(kind="spirals", n_series=16, n_times=8))),
         (
             "fit_sde",
-            dict(model=dict(steps=8), data=dict(kind="gbm", n_paths=32, n_times=5)),
+            dict(
+                model=dict(steps=8),
+                data=dict(kind="gbm", n_paths=32, n_times=5),
+                regularizer=dict(kind="local_error", weight=0.1, schedule="linear"),
+            ),
         ),
         (
             "fit_sde",

@@ -37,6 +37,17 @@ WEIGHTS = {
         "jacobian": 0.01,
         "taylor": 0.01,
     },
+    "rings": {
+        "none": 0.0,
+        "error": 1.0,
+        "stiffness": 0.3,
+        "local_error": 1.0,
+        "local_stiffness": 0.3,
+        "kinetic": 0.05,
+        "jacobian": 0.05,
+        "taylor": 0.05,
+    },
+    "ou_sde": {"none": 0.0, "local_error": 0.01, "local_stiffness": 0.01},
     "spirals": {
         "none": 0.0,
         "error": 1e-4,
@@ -168,16 +179,146 @@ def train_spirals(kind, weight, seed, *, steps=1000, tol=1e-6):
     )
 
 
-TASKS = {"digits": train_digits, "spirals": train_spirals}
+def _rings(key, n):
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    k1, k2, k3 = jr.split(key, 3)
+    label = jr.bernoulli(k1, 0.5, (n,)).astype(jnp.int32)
+    radius = jnp.where(label == 1, 2.0, 1.0) + 0.15 * jr.normal(k2, (n,))
+    angle = jr.uniform(k3, (n,), maxval=2 * jnp.pi)
+    return jnp.stack([radius * jnp.cos(angle), radius * jnp.sin(angle)], 1), label
+
+
+def train_rings(kind, weight, seed, *, steps=200, tol=1e-5):
+    """Notebook 07's task: a neural-ODE classifier (2 → 4, width 32) separating two
+    concentric rings, 512 points, full batch, Adam 1e-2; returns its row."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+    import optax
+
+    from ..models import ODEClassifier
+    from ..regularizers import regularized_solution
+
+    x_train, y_train = _rings(jr.key(2 * seed), 512)
+    x_test, y_test = _rings(jr.key(2 * seed + 1), 512)
+    model = ODEClassifier(
+        2, 2, 4, 32, 1, key=jr.key(seed), rtol=tol, atol=tol, joint_batch=True
+    )
+    optimizer = optax.adam(1e-2)
+    state = optimizer.init(eqx.filter(model, eqx.is_array))
+
+    def loss(m, key):
+        hs, r, _ = regularized_solution(
+            m.node, m.ts, m.encode(x_train), kind=kind, key=key
+        )
+        logits = m.decode(hs[-1])
+        ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y_train))
+        return ce + weight * r
+
+    @eqx.filter_jit
+    def step(m, s, key):
+        g = eqx.filter_grad(loss)(m, key)
+        updates, s = optimizer.update(g, s, eqx.filter(m, eqx.is_array))
+        return eqx.apply_updates(m, updates), s
+
+    step_times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        model, state = block(step(model, state, jr.key(i)))
+        step_times.append(time.perf_counter() - start)
+
+    @eqx.filter_jit
+    def predict(m, x):
+        sol = m.solution(x)
+        return m.decode(sol.ys[-1]), sol.stats["nfe"]
+
+    logits, nfe = predict(model, x_test)
+    predict_s = median(interleaved_medians({"p": predict}, (model, x_test), 20)["p"])
+    return dict(
+        metric=float(jnp.mean(jnp.argmax(logits, -1) == y_test)),
+        nfe=float(nfe),
+        train_step_ms=1000 * median(step_times[1:]),
+        train_s=sum(step_times),
+        predict_ms=1000 * predict_s,
+    )
+
+
+def train_ou_sde(kind, weight, seed, *, iterations=300, tol=1e-3):
+    """The `fit_sde` job on Ornstein–Uhlenbeck paths (`configs/fit_sde_ou.yaml`,
+    Euler–Maruyama, 50 fixed steps) with `regularizer.kind` switched; the metric is
+    the marginal std error against the exact process, the NFE that of simulating
+    the fitted SDE with adaptive Heun at `tol` (256 paths as one state; additive
+    noise, so Itô and Stratonovich agree)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    from ..regularizers import solve_with_heuristics
+    from ..series_job import fit_sde, load_task_config
+
+    config = load_task_config(
+        "configs/fit_sde_ou.yaml",
+        [
+            f"training.iterations={iterations}",
+            f"training.seed={seed + 1}",
+            f"regularizer.kind={kind}",
+            f"regularizer.weight={weight}",
+        ],
+    )
+    start = time.perf_counter()
+    model, metrics = fit_sde(config)
+    train_s = time.perf_counter() - start
+    d = config.data
+    ts = jnp.linspace(0.0, d.t1, d.n_times)
+
+    @eqx.filter_jit
+    def simulate(m, key):
+        sol, _ = solve_with_heuristics(
+            lambda t, y, m: jax.vmap(lambda u: m.drift_fn(t, u))(y),
+            jnp.full((256, 1), d.x0),
+            ts,
+            m,
+            diffusion=lambda t, y, m: jax.vmap(lambda u: m.diffusion_fn(t, u))(y),
+            key=key,
+            dt0=d.t1 / 50,
+            rtol=tol,
+            atol=tol,
+        )
+        return sol.ys, sol.stats["nfe"]
+
+    nfes = [float(simulate(model, jr.key(100 + i))[1]) for i in range(4)]
+    predict_s = median(
+        interleaved_medians({"p": simulate}, (model, jr.key(7)), 10)["p"]
+    )
+    return dict(
+        metric=metrics["max_std_error"],
+        nfe=statistics.mean(nfes),
+        train_step_ms=1000 * metrics["train_seconds"] / iterations,
+        train_s=train_s,
+        predict_ms=1000 * predict_s,
+    )
+
+
+TASKS = {
+    "digits": train_digits,
+    "spirals": train_spirals,
+    "rings": train_rings,
+    "ou_sde": train_ou_sde,
+}
 KINDS = tuple(WEIGHTS["digits"])
 
 
-def run(tasks=("digits", "spirals"), kinds=KINDS, seeds=(0, 1, 2), **options):
+def run(tasks=tuple(TASKS), kinds=KINDS, seeds=(0, 1, 2), **options):
     """Every (task, kind, seed); returns the rows (means over seeds)."""
     rows = []
     for task in tasks:
         base = None
         for kind in kinds:
+            if kind not in WEIGHTS[task]:
+                continue
             runs = [
                 TASKS[task](kind, WEIGHTS[task][kind], seed, **options.get(task, {}))
                 for seed in seeds
@@ -202,13 +343,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="odelab bench regularizers")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--tasks", nargs="+", default=["digits", "spirals"])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS))
     parser.add_argument("--name", default="regularizers", help="JSON name")
     ns = parser.parse_args(argv)
     options = {}
     if ns.quick:
-        options = dict(digits=dict(epochs=1), spirals=dict(steps=20))
+        options = dict(
+            digits=dict(epochs=1),
+            spirals=dict(steps=20),
+            rings=dict(steps=5),
+            ou_sde=dict(iterations=5),
+        )
     rows = run(ns.tasks, ns.kinds, tuple(range(ns.seeds)), **options)
     table = [
         dict(
@@ -239,7 +385,8 @@ def main(argv=None):
             "train_ratio",
             "predict_ms",
         ],
-        title="metric: digits test accuracy, spirals validation MSE",
+        title="metric: digits/rings test accuracy, spirals validation MSE, ou_sde "
+        "marginal std error",
     )
     write_json(ns.name, dict(rows=rows, options=options))
     return rows

@@ -61,19 +61,14 @@ _GRAD = jax.jit(jax.grad(_loss, argnums=(0, 1)), static_argnums=(2, 3, 4, 6))
 @pytest.mark.parametrize(
     "solver, order, kind, span",
     [
+        # Scalar and diagonal L, forward and reverse time, orders 1 to 3: each
+        # combination once (CI time; every case compiles five programs).
         (ExponentialEuler(), 1, "scalar", (0.0, 1.0)),
-        (ExponentialEuler(), 1, "diagonal", (1.0, 0.0)),
         (ETDRK2(), 2, "diagonal", (0.0, 1.0)),
         (ExponentialAdams(3), 3, "scalar", (1.0, 0.0)),
-        (ExponentialAdams(3), 3, "diagonal", (0.0, 1.0)),
+        (ExponentialAdams(3), 3, "diagonal", (1.0, 0.0)),
     ],
-    ids=[
-        "etd1",
-        "etd1-diagonal-reverse",
-        "etdrk2-diagonal",
-        "adams3-reverse",
-        "adams3-diagonal",
-    ],
+    ids=["etd1", "etdrk2-diagonal", "adams3-reverse", "adams3-diagonal-reverse"],
 )
 def test_gradient_converges_at_the_solver_order(solver, order, kind, span):
     y0 = jnp.array([0.3, -0.7, 1.1])

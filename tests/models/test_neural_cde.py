@@ -342,3 +342,18 @@ def test_a_few_adam_steps_reduce_the_loss(key):
         model, state, loss = step(model, state)
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_local_heuristics_regularize_the_field(key):
+    # One-step estimates of R_E and R_S of the CDE's solve over s in [0, 1]: positive,
+    # differentiable in the field's parameters, whatever the training steps.
+    ts, ys, mask = _data()
+    model = _model(key, intensity=True)
+    error, stiffness = eqx.filter_jit(model.local_heuristics)(ts, ys, mask, key=key)
+    assert float(error) > 0 and float(stiffness) > 0
+    grads = eqx.filter_jit(
+        eqx.filter_grad(lambda m: m.local_heuristics(ts, ys, mask, key=key)[0])
+    )(model)
+    leaves = jax.tree_util.tree_leaves(grads.vector_field)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+    assert any(np.any(np.asarray(x) != 0) for x in leaves)

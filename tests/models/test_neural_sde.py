@@ -145,3 +145,17 @@ def test_errors(key):
         model(_TS, jnp.ones(3), key=key)
     with pytest.raises(ValueError, match="batch"):
         model.batch_solution(_TS, jnp.ones(2), key=key)
+
+
+def test_local_heuristics_are_differentiable(key):
+    model = NeuralSDE(2, 8, 1, key=key, steps=10)
+    ts = jnp.linspace(0.0, 1.0, 6)
+    paths = model.batch_solution(ts, jnp.ones((4, 2)), key=key).ys.swapaxes(0, 1)
+    error, stiffness = model.local_heuristics(ts, paths, key=key, dt=0.1)
+    assert float(error) > 0 and float(stiffness) > 0
+    grads = eqx.filter_grad(
+        lambda m: m.local_heuristics(ts, paths, key=key, dt=0.1)[0]
+    )(model)
+    leaves = jax.tree_util.tree_leaves(grads.diffusion)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+    assert any(np.any(np.asarray(x) != 0) for x in leaves)

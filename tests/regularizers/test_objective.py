@@ -65,9 +65,11 @@ def test_global_kinds_equal_the_mean_of_per_trajectory_heuristics():
     # round-off of the batched matmuls, ~1e-13, which the error norm divides by the
     # tolerance scale 1e-6).
     each = jax.vmap(
-        lambda y0: solve_with_heuristics(
-            model.vector_field, y0, TS, model.mlp, rtol=1e-6, atol=1e-8
-        )[1].error
+        lambda y0: (
+            solve_with_heuristics(
+                model.vector_field, y0, TS, model.mlp, rtol=1e-6, atol=1e-8
+            )[1].error
+        )
     )(_y0s())
     np.testing.assert_allclose(float(r), float(np.mean(each)), rtol=1e-12)
 
