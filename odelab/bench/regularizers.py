@@ -47,7 +47,7 @@ WEIGHTS = {
         "jacobian": 0.05,
         "taylor": 0.05,
     },
-    "ou_sde": {"none": 0.0, "local_error": 0.01, "local_stiffness": 0.01},
+    "ou_sde": {"none": 0.0, "local_error": 1e-3},
     "spirals": {
         "none": 0.0,
         "error": 1e-4,
@@ -248,7 +248,8 @@ def train_rings(kind, weight, seed, *, steps=200, tol=1e-5):
 def train_ou_sde(kind, weight, seed, *, iterations=300, tol=1e-3):
     """The `fit_sde` job on Ornstein–Uhlenbeck paths (`configs/fit_sde_ou.yaml`,
     Euler–Maruyama, 50 fixed steps) with `regularizer.kind` switched; the metric is
-    the marginal std error against the exact process, the NFE that of simulating
+    the final MMD (also reported: the marginal std error against the exact process),
+    the NFE that of simulating
     the fitted SDE with adaptive Heun at `tol` (256 paths as one state; additive
     noise, so Itô and Stratonovich agree)."""
     import equinox as eqx
@@ -294,7 +295,8 @@ def train_ou_sde(kind, weight, seed, *, iterations=300, tol=1e-3):
         interleaved_medians({"p": simulate}, (model, jr.key(7)), 10)["p"]
     )
     return dict(
-        metric=metrics["max_std_error"],
+        metric=metrics["final_mmd"],
+        max_std_error=metrics["max_std_error"],
         nfe=statistics.mean(nfes),
         train_step_ms=1000 * metrics["train_seconds"] / iterations,
         train_s=train_s,
@@ -386,7 +388,7 @@ def main(argv=None):
             "predict_ms",
         ],
         title="metric: digits/rings test accuracy, spirals validation MSE, ou_sde "
-        "marginal std error",
+        "final MMD",
     )
     write_json(ns.name, dict(rows=rows, options=options))
     return rows

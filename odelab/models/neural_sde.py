@@ -245,6 +245,9 @@ class NeuralSDE(eqx.Module):
         (held constant) over a fresh Brownian increment; returns the batch means of
         $T E$ and $T \hat\lambda$ (`odelab.regularizers.local_error_estimate`
         with `diffusion`), estimates of $R_E$ and $R_S$ of a solve with steps `dt`.
+        The stiffness is the drift's (a step without noise): the stage quotient of a
+        noisy step divides by the noise increment and would reward a larger
+        diffusion.
 
         The Heun pair converges to the Stratonovich solution; for an Itô model with
         multiplicative noise the estimate is a heuristic of the step's difficulty,
@@ -264,19 +267,26 @@ class NeuralSDE(eqx.Module):
         def one(path, k):
             k_time, k_step = jr.split(k)
             i = jr.randint(k_time, (), 0, ts.shape[0] - 1)
-            e, s = local_error_estimate(
-                lambda t, y, m: m.drift_fn(t, y),
-                ts[i],
-                path[i],
-                self,
+            step = dict(
                 t1=ts[-1],
                 solver="heun",
                 rtol=self.rtol if rtol is None else rtol,
                 atol=self.atol if atol is None else atol,
                 dt=jnp.asarray(dt, ts.dtype),
+            )
+            drift = lambda t, y, m: m.drift_fn(t, y)  # noqa: E731
+            e, _ = local_error_estimate(
+                drift,
+                ts[i],
+                path[i],
+                self,
                 diffusion=lambda t, y, m: m.diffusion_fn(t, y),
                 key=k_step,
+                **step,
             )
+            # The stage quotient of a noisy step divides by the noise increment, so
+            # it would reward a larger diffusion: the stiffness is the drift's.
+            _, s = local_error_estimate(drift, ts[i], path[i], self, **step)
             return e, s
 
         errors, stiffness = jax.vmap(one)(paths, keys)

@@ -26,7 +26,10 @@ sees $\partial_t f$; for an autonomous field it is the same estimate.
 
 SDEs: `solve_with_heuristics(..., diffusion=g, key=...)` accumulates the same sums
 over the adaptive steps of an SDE pair (default Heun, whose error estimate is its
-difference to Euler) on a `diffrax.VirtualBrownianTree`.
+difference to Euler) on a `diffrax.VirtualBrownianTree`. There the stages carry the
+noise increments, and the stage quotient divides by them: regularizing $R_S$ of an SDE
+rewards a larger diffusion. Regularize $R_E$, or the drift's stiffness (as
+`NeuralSDE.local_heuristics` does).
 
 Both come out of the forward solve at no extra cost; their gradients are the discrete
 adjoint's (backpropagation through the solver's arithmetic), with the step sizes held
@@ -95,8 +98,11 @@ class HeuristicsSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSo
     solver: diffrax.AbstractRungeKutta
     rtol: float
     atol: float
+    # diffrax's DirectAdjoint sets this on Runge–Kutta solvers (a wrapper counts as
+    # one there); it is passed on to the wrapped solver.
+    scan_kind: None | str = None
 
-    def __init__(self, solver="tsit5", rtol=1e-3, atol=1e-6):
+    def __init__(self, solver="tsit5", rtol=1e-3, atol=1e-6, scan_kind=None):
         names = {**SDE_SOLVERS, **ODE_SOLVERS}
         solver = resolve(solver, names, "Runge–Kutta solver", "solver")
         tableau = getattr(solver, "tableau", None)
@@ -113,6 +119,18 @@ class HeuristicsSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSo
         self.solver = solver
         self.rtol = rtol
         self.atol = atol
+        self.scan_kind = scan_kind
+
+    @property
+    def _inner(self):
+        if self.scan_kind is None:
+            return self.solver
+        return eqx.tree_at(
+            lambda s: s.scan_kind,
+            self.solver,
+            self.scan_kind,
+            is_leaf=lambda x: x is None,
+        )
 
     @property
     def term_structure(self):
@@ -140,7 +158,7 @@ class HeuristicsSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSo
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         inner, sums = solver_state
-        y1, y_error, dense_info, inner, result = self.solver.step(
+        y1, y_error, dense_info, inner, result = self._inner.step(
             terms, t0, t1, y0, args, inner, made_jump
         )
         error, stiffness = step_heuristics(
