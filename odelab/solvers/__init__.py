@@ -1,5 +1,6 @@
 """Integrators: odelab's own, usable in `diffrax.diffeqsolve` and `odelab.solve`."""
 
+from .anderson import Anderson as Anderson
 from .base import AbstractExplicitRK as AbstractExplicitRK
 from .exponential import (
     ETDRK2 as ETDRK2,
