@@ -108,6 +108,7 @@ TRAIN_TASKS = {
     "classify_series": "odelab.series_job",
     "latent_ode": "odelab.series_job",
     "fit_sde": "odelab.series_job",
+    "classify_digits": "odelab.implicit_job",
 }
 """Training tasks other than the default neural ODE, by the config's top-level `task`
 key: each module's `run_task(source, overrides) -> metrics` loads the config itself."""

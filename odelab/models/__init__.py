@@ -1,7 +1,8 @@
 """Models as equinox modules: calling one solves."""
 
 from .control import control_path as control_path
-from .deq import DEQ as DEQ
+from .deq import DEQ as DEQ, DEQClassifier as DEQClassifier
+from .homoode import HomoODE as HomoODE, HomoODEClassifier as HomoODEClassifier
 from .latent_ode import LatentODE as LatentODE
 from .neural_cde import NeuralCDE as NeuralCDE
 from .neural_ode import (

@@ -190,3 +190,31 @@ class DEQ(eqx.Module):
         _, vjp = jax.vjp(lambda u: self.cell(u, injection), z)
         eps = jr.normal(key, z.shape, z.dtype)
         return jnp.sum(vjp(eps)[0] ** 2) / z.shape[0]
+
+
+class DEQClassifier(eqx.Module):
+    r"""Logits $= W_o z^*(x) + b_o$ of a `DEQ` layer's equilibrium.
+
+    **Arguments:** `in_size`, `n_classes`, `hidden`, `key`, and `**deq_kwargs` for
+    the `DEQ` (`solver`, `gradient`, tolerances, ...).
+    """
+
+    deq: DEQ
+    head: eqx.nn.Linear
+
+    def __init__(self, in_size: int, n_classes: int, hidden: int, *, key, **deq_kwargs):
+        k1, k2 = jr.split(key)
+        self.deq = DEQ(in_size, hidden, key=k1, **deq_kwargs)
+        self.head = eqx.nn.Linear(hidden, n_classes, key=k2)
+
+    def solve(self, x):
+        """`(logits, stats)` for a batch `x` `(batch, in_size)`; `stats` as
+        `DEQ.solve`, per example."""
+        z, stats = jax.vmap(self.deq.solve)(x)
+        return jax.vmap(self.head)(z), stats
+
+    def __call__(self, x, *, throw: bool = True):
+        """Logits `(batch, n_classes)`; with `throw`, raises if an equilibrium was not
+        found (training loops that log `solve`'s statistics instead pass
+        `throw=False`)."""
+        return jax.vmap(self.head)(jax.vmap(lambda u: self.deq(u, throw=throw))(x))

@@ -22,6 +22,8 @@ class ODEClassifier(eqx.Module):
     - `hidden`: the ODE's state dimension; `width`, `depth`: its MLP.
     - `key`: initialisation key.
     - `t1`: the span $[0, t_1]$ (default 1).
+    - `augment_dims`: $p$ zero dimensions appended to $h(0)$ (an augmented neural
+      ODE, Dupont et al. 2019); the head reads all `hidden + p`.
     - `**node_kwargs`: the `NeuralODE`'s solve configuration (`solver`, `adjoint`,
       `rtol`, `atol`, `steps`, `joint_batch`, ...).
 
@@ -40,6 +42,7 @@ class ODEClassifier(eqx.Module):
     node: NeuralODE
     head: eqx.nn.Linear
     t1: float = eqx.field(static=True)
+    augment_dims: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -51,13 +54,19 @@ class ODEClassifier(eqx.Module):
         *,
         key,
         t1: float = 1.0,
+        augment_dims: int = 0,
         **node_kwargs,
     ):
+        if augment_dims < 0:
+            raise ValueError(f"`augment_dims` must be >= 0; got {augment_dims}.")
         k1, k2, k3 = jr.split(key, 3)
         self.encoder = eqx.nn.Linear(in_size, hidden, key=k1)
-        self.node = NeuralODE(hidden, width, depth, key=k2, **node_kwargs)
-        self.head = eqx.nn.Linear(hidden, n_classes, key=k3)
+        self.node = NeuralODE(
+            hidden + augment_dims, width, depth, key=k2, **node_kwargs
+        )
+        self.head = eqx.nn.Linear(hidden + augment_dims, n_classes, key=k3)
         self.t1 = t1
+        self.augment_dims = augment_dims
 
     @property
     def ts(self):
@@ -65,16 +74,21 @@ class ODEClassifier(eqx.Module):
         return jnp.array([0.0, self.t1])
 
     def encode(self, x):
-        """$h(0)$ for a batch `x` of shape `(batch, in_size)`."""
+        """$h(0)$ for a batch `x` of shape `(batch, in_size)` (zero-padded by
+        `augment_dims`)."""
         if jnp.ndim(x) != 2 or x.shape[1] != self.encoder.in_features:
             raise ValueError(
                 f"`x` must have shape (batch, {self.encoder.in_features}); got "
                 f"{jnp.shape(x)}."
             )
-        return jax.vmap(self.encoder)(x)
+        h = jax.vmap(self.encoder)(x)
+        if self.augment_dims:
+            pad = jnp.zeros((h.shape[0], self.augment_dims), h.dtype)
+            h = jnp.concatenate([h, pad], axis=1)
+        return h
 
     def decode(self, h1):
-        """Logits from the endpoints `h1` `(batch, hidden)`."""
+        """Logits from the endpoints `h1` `(batch, hidden + augment_dims)`."""
         return jax.vmap(self.head)(h1)
 
     def solution(self, x):
