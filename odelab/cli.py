@@ -12,6 +12,7 @@ BENCHMARKS = {
     "adjoints": "odelab.bench.adjoints",
     "exponential": "odelab.bench.exponential",
     "grad-sampler": "odelab.bench.grad_sampler",
+    "implicit": "odelab.bench.implicit",
     "learned-grid": "odelab.bench.learned_grid",
     "missing-rate": "odelab.bench.missing_rate",
     "models": "odelab.bench.models",
