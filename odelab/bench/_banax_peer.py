@@ -88,6 +88,9 @@ def parse(argv=None):
     )
     p.add_argument("--b-max-steps", type=int, default=None)
     p.add_argument("--depth", type=int, default=5, help="Anderson depth")
+    p.add_argument(
+        "--ridge", type=float, default=1e-6, help="Anderson ridge (banax default 1e-6)"
+    )
     p.add_argument("--damp", type=float, default=None, help="Relaxed/Anderson damp")
     p.add_argument("--history", type=int, default=10, help="Broyden history")
     p.add_argument("--phantom-steps", type=int, default=5)
@@ -113,7 +116,10 @@ def make_solver(name, args, *, atol, rtol, max_steps, loop_kind="lax"):
         return Relaxed(damp=0.8 if args.damp is None else args.damp, **common)
     if name == "anderson":
         return Anderson(
-            depth=args.depth, damp=1.0 if args.damp is None else args.damp, **common
+            depth=args.depth,
+            damp=1.0 if args.damp is None else args.damp,
+            ridge=args.ridge,
+            **common,
         )
     return Broyden(history_size=args.history, **common)
 
@@ -193,20 +199,14 @@ def build(args):
     def equilibrium(model, x):
         injection = jax.vmap(model.inject)(x)
         if args.batched:
-            z0 = jnp.zeros_like(injection)
-            sol = adjoint((cell, (model.weight, injection)), z0)
-            steps = sol.stats.steps[None]
-            result = sol.result[None]
-        else:
+            sol = adjoint((cell, (model.weight, injection)), jnp.zeros_like(injection))
+            return sol.value, sol.stats.steps[None], sol.result[None]
 
-            def one(inj):
-                s = adjoint((cell, (model.weight, inj)), jnp.zeros_like(inj))
-                return s.value, s.stats.steps, s.result
+        def one(inj):
+            sol = adjoint((cell, (model.weight, inj)), jnp.zeros_like(inj))
+            return sol.value, sol.stats.steps, sol.result
 
-            z, steps, result = jax.vmap(one)(injection)
-            sol = None
-        z = sol.value if args.batched else z
-        return z, steps, result
+        return jax.vmap(one)(injection)
 
     def logits_and_stats(model, x):
         z, steps, result = equilibrium(model, x)
@@ -368,7 +368,9 @@ def main(argv=None):
         "f(z0)), averaged over examples and training steps; a solve is 'unconverged' "
         "when banax's result != CONVERGED (MAX_STEPS or DIVERGED); banax never "
         "replaces non-finite iterates (its loop stops and reports DIVERGED; "
-        "Anderson has no fallback); train_seconds sums all steps incl. compile."
+        "Anderson (absolute ridge on the normal equations, jnp.linalg.solve) "
+        "has no fallback, so a NaN iterate reaches the loss and, through Adam, the "
+        "parameters); train_seconds sums all steps incl. compile."
     )
     out = dict(
         peer="banax",
@@ -386,6 +388,7 @@ def main(argv=None):
             max_steps=args.max_steps,
             b_tol=b_tol if args.backward == "implicit" else None,
             depth=args.depth if args.solver == "anderson" else None,
+            ridge=args.ridge if args.solver == "anderson" else None,
             backend=jax.default_backend(),
             device=str(jax.devices()[0]),
         ),

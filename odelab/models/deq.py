@@ -1,5 +1,7 @@
 r"""Deep equilibrium models: the output is the fixed point $z^* = f_\theta(z^*, x)$."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -13,8 +15,45 @@ from ..solvers.anderson import Anderson
 DEQ_SOLVERS = ("anderson", "fixed_point", "newton")
 """Forward solvers `DEQ` accepts."""
 
-GRADIENTS = ("implicit", "phantom", "unrolled")
+GRADIENTS = ("implicit", "implicit_lu", "phantom", "unrolled")
 """Backward passes `DEQ` accepts."""
+
+
+def _cell(z, arrays):
+    model, injection = arrays
+    return model.cell(z, injection)
+
+
+def _solve(config, fn, y0, args):
+    solver, max_steps = config
+    return optx.fixed_point(fn, solver, y0, args, max_steps=max_steps, throw=False)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _equilibrium(config, arrays, z0):
+    # (z*, steps, converged, finite) of z = f(z, x) for `arrays = (model, injection)`.
+    sol = _solve(config, _cell, z0, arrays)
+    ok = sol.result == optx.RESULTS.successful
+    finite = sol.result != optx.RESULTS.nonfinite
+    return sol.value, sol.stats["num_steps"], ok, finite
+
+
+def _equilibrium_fwd(config, arrays, z0):
+    out = _equilibrium(config, arrays, z0)
+    return out, (arrays, out[0], z0)
+
+
+def _equilibrium_bwd(config, residuals, cotangents):
+    # The adjoint equation u = g + (df/dz)^T u at z*, solved by the forward's own
+    # fixed-point solver (vector-Jacobian products only); then theta-bar = u^T df/dtheta.
+    arrays, z, z0 = residuals
+    g = cotangents[0]
+    _, vjp = jax.vjp(_cell, z, arrays)
+    u = _solve(config, lambda v, _: g + vjp(v)[0], g, None).value
+    return vjp(u)[1], jnp.zeros_like(z0)
+
+
+_equilibrium.defvjp(_equilibrium_fwd, _equilibrium_bwd)
 
 
 class DEQ(eqx.Module):
@@ -31,8 +70,13 @@ class DEQ(eqx.Module):
     **Backward** (`gradient`):
 
     - `"implicit"`: the implicit function theorem,
-      $\frac{dz^*}{d\theta} = (I - \partial_z f)^{-1} \partial_\theta f$, a lineax
-      solve of the transposed system (`optimistix.ImplicitAdjoint`);
+      $\frac{dz^*}{d\theta} = (I - \partial_z f)^{-1} \partial_\theta f$; the
+      backward pass solves the adjoint equation $u = \bar z + (\partial_z f)^\top u$
+      with the forward's own fixed-point solver (vector-Jacobian products only, as
+      DEQ libraries do) and returns $u^\top \partial_\theta f$;
+    - `"implicit_lu"`: the same gradient from a dense LU solve of the transposed
+      system (`optimistix.ImplicitAdjoint` with lineax; exact, $O(d^3)$ per
+      example);
     - `"phantom"`: the phantom gradient of Geng et al. (2021): from $z^*$ (held
       constant), `phantom_steps` damped steps $z \leftarrow (1 - \lambda) z + \lambda
       f_\theta(z, x)$ with gradient; `phantom_steps=1`, $\lambda = 1$ is the
@@ -139,11 +183,28 @@ class DEQ(eqx.Module):
         injection = self.inject(x)
         z0 = jnp.zeros((self.hidden,), injection.dtype)
 
+        if self.gradient == "implicit":
+            z, steps, ok, finite = _equilibrium(
+                (self._optx_solver(), self.max_steps), (self, injection), z0
+            )
+            result = optx.RESULTS.where(
+                ok,
+                optx.RESULTS.successful,
+                optx.RESULTS.where(
+                    finite,
+                    optx.RESULTS.nonlinear_max_steps_reached,
+                    optx.RESULTS.nonfinite,
+                ),
+            )
+            if throw:
+                z = result.error_if(z, result != optx.RESULTS.successful)
+            return z, self._stats(z, injection, steps, result)
+
         def fn(z, args):
             model, inj = args
             return model.cell(z, inj)
 
-        if self.gradient == "implicit":
+        if self.gradient == "implicit_lu":
             adjoint = optx.ImplicitAdjoint(lx.AutoLinearSolver(well_posed=True))
             args = (self, injection)
         elif self.gradient == "unrolled":
@@ -167,13 +228,13 @@ class DEQ(eqx.Module):
             lam = self.phantom_damping
             for _ in range(self.phantom_steps):
                 z = (1 - lam) * z + lam * self.cell(z, injection)
+        return z, self._stats(z, injection, sol.stats["num_steps"], sol.result)
+
+    def _stats(self, z, injection, steps, result):
         residual = jnp.max(jnp.abs(self.cell(z, injection) - z))
-        stats = dict(
-            steps=sol.stats["num_steps"],
-            residual=jax.lax.stop_gradient(residual),
-            result=sol.result,
+        return dict(
+            steps=steps, residual=jax.lax.stop_gradient(residual), result=result
         )
-        return z, stats
 
     def __call__(self, x, *, throw: bool = True):
         """$z^*$ for one input; raises if the solve did not converge (`throw`)."""

@@ -29,7 +29,11 @@ def _loss(model):
 @pytest.mark.parametrize("solver", ["anderson", "fixed_point", "newton"])
 def test_implicit_gradient_equals_unrolled_and_finite_differences(solver):
     implicit = eqx.filter_grad(_loss)(_deq(solver=solver)).weight
+    lu = eqx.filter_grad(_loss)(_deq(solver=solver, gradient="implicit_lu")).weight
     unrolled = eqx.filter_grad(_loss)(_deq(solver=solver, gradient="unrolled")).weight
+    # Both implicit backward passes (adjoint fixed point at tolerance 1e-12, dense
+    # LU) and backpropagation through the converged iterations agree.
+    np.testing.assert_allclose(np.asarray(implicit), np.asarray(lu), atol=1e-10)
     np.testing.assert_allclose(np.asarray(implicit), np.asarray(unrolled), atol=1e-9)
     model, eps = _deq(solver=solver), 1e-6
     for i, j in ((0, 0), (3, 5), (7, 2)):
