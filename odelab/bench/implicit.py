@@ -32,9 +32,13 @@ ROWS = {
     "augmented_neural_ode": dict(kind="augmented_neural_ode", augment_dims=16),
     "deq_anderson": dict(kind="deq", solver="anderson", gradient="implicit"),
     "deq_picard": dict(kind="deq", solver="fixed_point", gradient="implicit"),
+    "deq_picard_tol1e-4": dict(
+        kind="deq", solver="fixed_point", gradient="implicit", rtol=1e-4, atol=1e-4
+    ),
     "deq_picard_phantom": dict(kind="deq", solver="fixed_point", gradient="phantom"),
     "homoode": dict(kind="homoode"),
     "homoode_shared": dict(kind="homoode_shared"),
+    "homoode_backsolve": dict(kind="homoode", adjoint="backsolve"),
 }
 """The odelab rows: name -> `model` section of the job config."""
 

@@ -49,7 +49,12 @@ def _equilibrium_bwd(config, residuals, cotangents):
     arrays, z, z0 = residuals
     g = cotangents[0]
     _, vjp = jax.vjp(_cell, z, arrays)
-    u = _solve(config, lambda v, _: g + vjp(v)[0], g, None).value
+    sol = _solve(config, lambda v, _: g + vjp(v)[0], g, None)
+    # Where the adjoint iteration does not converge (df/dz no longer a contraction)
+    # its iterate is meaningless and grows: fall back to Jacobian-free
+    # backpropagation (u = g), a descent direction, instead of passing it on.
+    ok = (sol.result == optx.RESULTS.successful) & jnp.all(jnp.isfinite(sol.value))
+    u = jnp.where(ok, sol.value, g)
     return vjp(u)[1], jnp.zeros_like(z0)
 
 
@@ -73,7 +78,9 @@ class DEQ(eqx.Module):
       $\frac{dz^*}{d\theta} = (I - \partial_z f)^{-1} \partial_\theta f$; the
       backward pass solves the adjoint equation $u = \bar z + (\partial_z f)^\top u$
       with the forward's own fixed-point solver (vector-Jacobian products only, as
-      DEQ libraries do) and returns $u^\top \partial_\theta f$;
+      DEQ libraries do) and returns $u^\top \partial_\theta f$; where that
+      iteration does not converge ($\partial_z f$ no longer a contraction) it falls
+      back to $u = \bar z$ (Jacobian-free backpropagation) for that example;
     - `"implicit_lu"`: the same gradient from a dense LU solve of the transposed
       system (`optimistix.ImplicitAdjoint` with lineax; exact, $O(d^3)$ per
       example);

@@ -98,3 +98,22 @@ def test_jacobian_penalty_is_unbiased(key):
     assert abs(samples.mean() - exact) < 4 * se
     grad = eqx.filter_grad(lambda m: m.jacobian_penalty(_x(), z, key=key))(model)
     assert np.all(np.isfinite(np.asarray(grad.weight)))
+
+
+@pytest.mark.x64
+def test_implicit_backward_falls_back_to_jfb_where_the_adjoint_diverges():
+    # A non-contractive map (spectral radius of df/dz at the last iterate 1.96): the
+    # adjoint iteration u = g + J^T u diverges, so the backward pass uses u = g
+    # (Jacobian-free backpropagation) and stays finite.
+    model = DEQ(6, 8, key=jax.random.key(0), solver="fixed_point", weight_scale=6.0,
+                max_steps=10)  # fmt: skip
+    x = _x()
+    z, stats = model.solve(x)
+    assert stats["result"] != optx.RESULTS.successful
+    grad = eqx.filter_grad(lambda m: jnp.sum(jnp.sin(m.solve(x)[0])))(model)
+    _, vjp = jax.vjp(lambda m: m.cell(z, m.inject(x)), model)
+    (jfb,) = vjp(jnp.cos(z))
+    np.testing.assert_allclose(
+        np.asarray(grad.weight), np.asarray(jfb.weight), rtol=1e-12
+    )
+    assert np.all(np.isfinite(np.asarray(grad.weight)))
