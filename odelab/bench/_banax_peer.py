@@ -27,6 +27,13 @@ The task is odelab's, step for step (`odelab.implicit_job.train_digits`):
 
 Only the JSON result goes to stdout, on one line (the last); progress goes to
 stderr.
+
+The peer's environment (measured with banax 0.1.5 on jax 0.10.2, the version odelab
+ran with, so both use the same XLA):
+
+    python3.12 -m venv /work/banax_venv
+    /work/banax_venv/bin/pip install banax==0.1.5 jax==0.10.2 jaxlib==0.10.2 \
+        scikit-learn optax
 """
 
 import argparse
