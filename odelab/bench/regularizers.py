@@ -62,53 +62,35 @@ WEIGHTS = {
 """The weight of each regularizer per task (constant over training)."""
 
 
-def train_digits(kind, weight, seed, *, epochs=30, tol=1e-6, batch=128):
-    """Train the digits classifier with regularizer `kind`; returns its row."""
+def _fit_classifier(model, kind, weight, learning_rate, batches, x_test, y_test):
+    # Train an `ODEClassifier` with regularizer `kind` on `batches` (an iterable of
+    # (x, y, key)); its row: test accuracy, prediction NFE, times.
     import equinox as eqx
     import jax.numpy as jnp
-    import jax.random as jr
     import optax
 
-    from ..data import digits
-    from ..models import ODEClassifier
     from ..regularizers import regularized_solution
 
-    data = digits(jr.key(0))
-    x_train, y_train = data.ys[:1437], data.labels[:1437]
-    x_test, y_test = data.ys[1437:], data.labels[1437:]
-    model = ODEClassifier(
-        64, 10, 32, 64, 1, key=jr.key(seed), rtol=tol, atol=tol, joint_batch=True
-    )
-    optimizer = optax.adam(3e-3)
+    optimizer = optax.adam(learning_rate)
     state = optimizer.init(eqx.filter(model, eqx.is_array))
 
     def loss(m, xb, yb, key):
-        hs, r, nfe = regularized_solution(
-            m.node, m.ts, m.encode(xb), kind=kind, key=key
-        )
+        hs, r, _ = regularized_solution(m.node, m.ts, m.encode(xb), kind=kind, key=key)
         logits = m.decode(hs[-1])
         ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, yb))
-        return ce + weight * r, nfe
+        return ce + weight * r
 
     @eqx.filter_jit
     def step(m, s, xb, yb, key):
-        (_, nfe), g = eqx.filter_value_and_grad(loss, has_aux=True)(m, xb, yb, key)
+        g = eqx.filter_grad(loss)(m, xb, yb, key)
         updates, s = optimizer.update(g, s, eqx.filter(m, eqx.is_array))
-        return eqx.apply_updates(m, updates), s, nfe
+        return eqx.apply_updates(m, updates), s
 
-    key = jr.key(1000 + seed)
     step_times = []
-    for _ in range(epochs):
-        key, perm_key = jr.split(key)
-        perm = jr.permutation(perm_key, x_train.shape[0])
-        for b in range(x_train.shape[0] // batch):
-            idx = perm[b * batch : (b + 1) * batch]
-            key, step_key = jr.split(key)
-            start = time.perf_counter()
-            model, state, nfe = block(
-                step(model, state, x_train[idx], y_train[idx], step_key)
-            )
-            step_times.append(time.perf_counter() - start)
+    for xb, yb, key in batches:
+        start = time.perf_counter()
+        model, state = block(step(model, state, xb, yb, key))
+        step_times.append(time.perf_counter() - start)
 
     @eqx.filter_jit
     def predict(m, x):
@@ -123,6 +105,34 @@ def train_digits(kind, weight, seed, *, epochs=30, tol=1e-6, batch=128):
         train_step_ms=1000 * median(step_times[1:]),
         train_s=sum(step_times),
         predict_ms=1000 * predict_s,
+    )
+
+
+def train_digits(kind, weight, seed, *, epochs=30, tol=1e-6, batch=128):
+    """Train the digits classifier with regularizer `kind`; returns its row."""
+    import jax.random as jr
+
+    from ..data import digits
+    from ..models import ODEClassifier
+
+    data = digits(jr.key(0))
+    x_train, y_train = data.ys[:1437], data.labels[:1437]
+    model = ODEClassifier(
+        64, 10, 32, 64, 1, key=jr.key(seed), rtol=tol, atol=tol, joint_batch=True
+    )
+
+    def batches():
+        key = jr.key(1000 + seed)
+        for _ in range(epochs):
+            key, perm_key = jr.split(key)
+            perm = jr.permutation(perm_key, x_train.shape[0])
+            for b in range(x_train.shape[0] // batch):
+                idx = perm[b * batch : (b + 1) * batch]
+                key, step_key = jr.split(key)
+                yield x_train[idx], y_train[idx], step_key
+
+    return _fit_classifier(
+        model, kind, weight, 3e-3, batches(), data.ys[1437:], data.labels[1437:]
     )
 
 
@@ -193,56 +203,17 @@ def _rings(key, n):
 def train_rings(kind, weight, seed, *, steps=200, tol=1e-5):
     """Notebook 07's task: a neural-ODE classifier (2 → 4, width 32) separating two
     concentric rings, 512 points, full batch, Adam 1e-2; returns its row."""
-    import equinox as eqx
-    import jax.numpy as jnp
     import jax.random as jr
-    import optax
 
     from ..models import ODEClassifier
-    from ..regularizers import regularized_solution
 
     x_train, y_train = _rings(jr.key(2 * seed), 512)
     x_test, y_test = _rings(jr.key(2 * seed + 1), 512)
     model = ODEClassifier(
         2, 2, 4, 32, 1, key=jr.key(seed), rtol=tol, atol=tol, joint_batch=True
     )
-    optimizer = optax.adam(1e-2)
-    state = optimizer.init(eqx.filter(model, eqx.is_array))
-
-    def loss(m, key):
-        hs, r, _ = regularized_solution(
-            m.node, m.ts, m.encode(x_train), kind=kind, key=key
-        )
-        logits = m.decode(hs[-1])
-        ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y_train))
-        return ce + weight * r
-
-    @eqx.filter_jit
-    def step(m, s, key):
-        g = eqx.filter_grad(loss)(m, key)
-        updates, s = optimizer.update(g, s, eqx.filter(m, eqx.is_array))
-        return eqx.apply_updates(m, updates), s
-
-    step_times = []
-    for i in range(steps):
-        start = time.perf_counter()
-        model, state = block(step(model, state, jr.key(i)))
-        step_times.append(time.perf_counter() - start)
-
-    @eqx.filter_jit
-    def predict(m, x):
-        sol = m.solution(x)
-        return m.decode(sol.ys[-1]), sol.stats["nfe"]
-
-    logits, nfe = predict(model, x_test)
-    predict_s = median(interleaved_medians({"p": predict}, (model, x_test), 20)["p"])
-    return dict(
-        metric=float(jnp.mean(jnp.argmax(logits, -1) == y_test)),
-        nfe=float(nfe),
-        train_step_ms=1000 * median(step_times[1:]),
-        train_s=sum(step_times),
-        predict_ms=1000 * predict_s,
-    )
+    batches = ((x_train, y_train, jr.key(i)) for i in range(steps))
+    return _fit_classifier(model, kind, weight, 1e-2, batches, x_test, y_test)
 
 
 def train_ou_sde(kind, weight, seed, *, iterations=300, tol=1e-3):
