@@ -20,6 +20,7 @@ what is wrong and what is valid. Solver and adjoint names stay free strings here
 import contextlib
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -698,6 +699,22 @@ def dump_config(config: Config, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     atomic_write(os.fspath(path), lambda file: file.write(text.encode("utf-8")))
+
+
+def write_run(directory: str, model, metrics: dict) -> dict:
+    """Write a job's `metrics.json` and `model.eqx` (equinox leaves) into
+    `directory`, each atomically; returns the metrics without their `losses`
+    history (what the CLI prints)."""
+    import equinox as eqx
+
+    os.makedirs(directory, exist_ok=True)
+    text = json.dumps(metrics, indent=1).encode()
+    atomic_write(os.path.join(directory, "metrics.json"), lambda f: f.write(text))
+    atomic_write(
+        os.path.join(directory, "model.eqx"),
+        lambda f: eqx.tree_serialise_leaves(f, model),
+    )
+    return {k: v for k, v in metrics.items() if k != "losses"}
 
 
 def atomic_write(path: str, write) -> None:

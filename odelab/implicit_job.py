@@ -26,7 +26,6 @@ never hidden.
 """
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -317,20 +316,8 @@ def train_digits(config: DigitsConfig, progress=None) -> tuple[object, dict]:
 def run_task(source, overrides: Sequence[str] = ()) -> dict:
     """Load the config, train, write `metrics.json` and `model.eqx`; returns the
     metrics (without the loss history)."""
-    import equinox as eqx
-
-    from .config import atomic_write
+    from .config import write_run
 
     config = load_task_config(source, overrides)
     model, metrics = train_digits(config)
-    directory = os.path.join(config.run.out_dir, config.name)
-    os.makedirs(directory, exist_ok=True)
-    atomic_write(
-        os.path.join(directory, "metrics.json"),
-        lambda f: f.write(json.dumps(metrics, indent=1).encode()),
-    )
-    atomic_write(
-        os.path.join(directory, "model.eqx"),
-        lambda f: eqx.tree_serialise_leaves(f, model),
-    )
-    return {k: v for k, v in metrics.items() if k != "losses"}
+    return write_run(os.path.join(config.run.out_dir, config.name), model, metrics)

@@ -35,7 +35,6 @@ autocovariance with the process's exact ones.
 """
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -526,23 +525,11 @@ def fit_sde(config: SeriesConfig, progress=None) -> tuple[object, dict]:
 def run_task(source, overrides: Sequence[str] = ()) -> dict:
     """Load the config, train, write `metrics.json` and `model.eqx`; returns the
     metrics (without the loss history)."""
-    import equinox as eqx
-
-    from .config import atomic_write
+    from .config import write_run
 
     config = load_task_config(source, overrides)
     model, metrics = TASKS[config.task](config)
-    directory = os.path.join(config.run.out_dir, config.name)
-    os.makedirs(directory, exist_ok=True)
-    atomic_write(
-        os.path.join(directory, "metrics.json"),
-        lambda f: f.write(json.dumps(metrics, indent=1).encode()),
-    )
-    atomic_write(
-        os.path.join(directory, "model.eqx"),
-        lambda f: eqx.tree_serialise_leaves(f, model),
-    )
-    return {k: v for k, v in metrics.items() if k != "losses"}
+    return write_run(os.path.join(config.run.out_dir, config.name), model, metrics)
 
 
 TASKS = {
