@@ -32,7 +32,7 @@ def test_config_errors():
         load_task_config(dict(task="classify_digits", data=dict(test_fraction=1.0)))
 
 
-@pytest.mark.parametrize("kind", ["deq", "homoode_shared"])
+@pytest.mark.parametrize("kind", ["deq"])
 def test_models_train_and_report(kind):
     _, metrics = train_digits(load_task_config(_config(kind)))
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
