@@ -364,3 +364,11 @@ def test_overrides_must_be_a_sequence_not_a_string():
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_regularizer_kinds_match_the_library():
+    # config.py names them without importing JAX; the two lists must agree.
+    from odelab.config import REGULARIZERS
+    from odelab.regularizers import KINDS
+
+    assert REGULARIZERS == KINDS

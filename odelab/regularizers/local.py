@@ -20,7 +20,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
 
-from .solver_heuristics import HeuristicsSolver, step_heuristics
+from .solver_heuristics import (
+    AbstractDelegatingSolver,
+    HeuristicsSolver,
+    step_heuristics,
+)
 
 
 SAMPLING = ("unbiased", "biased")
@@ -122,7 +126,7 @@ def local_error_estimate(
     return error * jnp.abs(dt).astype(error.dtype), stiffness
 
 
-class _StepSampler(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
+class _StepSampler(AbstractDelegatingSolver):
     # Wraps a pair and keeps one accepted step `(t_a, t_b, y_a)` in its state: the one
     # containing `t_r` (unbiased), or a uniform one by reservoir sampling (biased).
     # diffrax keeps a step's new state only when it accepts the step.
@@ -130,20 +134,6 @@ class _StepSampler(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver
     mode: str
     t_r: jax.Array
     key: jax.Array
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore
-        return self.solver.interpolation_cls
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
 
     def init(self, terms, t0, t1, y0, args):
         t0 = jnp.asarray(t0)
@@ -170,9 +160,6 @@ class _StepSampler(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver
             count,
         )
         return y1, y_error, dense_info, (inner, kept), result
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
 
 def sampled_step_heuristics(

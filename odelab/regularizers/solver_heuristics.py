@@ -75,7 +75,37 @@ class Heuristics(eqx.Module):
     steps: jax.Array
 
 
-class HeuristicsSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
+class AbstractDelegatingSolver(
+    diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver
+):
+    """A wrapper that steps with `self.solver` and keeps extra values in its solver
+    state: everything but `init` and `step` is the wrapped solver's."""
+
+    solver: eqx.AbstractVar[diffrax.AbstractRungeKutta]
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return self.solver.interpolation_cls
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
+class HeuristicsSolver(AbstractDelegatingSolver):
     r"""Wraps an explicit Runge–Kutta pair and accumulates $R_E$ and $R_S$ (module
     docstring) over the steps diffrax accepts; read them from the final solver state
     (`diffrax.SaveAt(solver_state=True)`, then `heuristics_of(sol)`).
@@ -132,24 +162,6 @@ class HeuristicsSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSo
             is_leaf=lambda x: x is None,
         )
 
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore
-        return self.solver.interpolation_cls
-
-    @property
-    def term_compatible_contr_kwargs(self):
-        return self.solver.term_compatible_contr_kwargs
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
     def init(self, terms, t0, t1, y0, args):
         dtype = jnp.result_type(*jtu.tree_leaves(y0))
         zero = jnp.zeros((), dtype)
@@ -171,9 +183,6 @@ class HeuristicsSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSo
             sums.steps + 1,
         )
         return y1, y_error, dense_info, (inner, sums), result
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
 
 def step_heuristics(tableau, y0, y1, y_error, ks, rtol, atol):
