@@ -18,6 +18,7 @@ BENCHMARKS = {
     "models": "odelab.bench.models",
     "overhead": "odelab.bench.overhead",
     "regularizers": "odelab.bench.regularizers",
+    "generative": "odelab.bench.generative",
     "samplers": "odelab.bench.samplers",
     "train-step": "odelab.bench.train_step",
     "work-precision": "odelab.bench.work_precision",
@@ -110,6 +111,7 @@ TRAIN_TASKS = {
     "latent_ode": "odelab.series_job",
     "fit_sde": "odelab.series_job",
     "classify_digits": "odelab.implicit_job",
+    "generative": "odelab.generative_job",
 }
 """Training tasks other than the default neural ODE, by the config's top-level `task`
 key: each module's `run_task(source, overrides) -> metrics` loads the config itself."""

@@ -88,7 +88,16 @@ def _fraction(value) -> bool:
     return 0 <= value < 1
 
 
-_LIMIT_TEXT = {_positive: "> 0", _nonnegative: ">= 0", _fraction: "in [0, 1)"}
+def _zero_or_one(value) -> bool:
+    return value in (0, 1)
+
+
+_LIMIT_TEXT = {
+    _positive: "> 0",
+    _nonnegative: ">= 0",
+    _fraction: "in [0, 1)",
+    _zero_or_one: "0 or 1",
+}
 
 
 class _Section:
@@ -106,7 +115,8 @@ class _Section:
             # Frozen: the int -> float conversion has to bypass `__setattr__`.
             object.__setattr__(self, field.name, value)
             choices = self._choices.get(field.name)
-            if choices is not None and value not in choices:
+            # None is a section's "default" (e.g. the sampler of the model kind).
+            if choices is not None and value is not None and value not in choices:
                 raise ConfigError(
                     f"`{where}` must be one of {', '.join(choices)}; got {value!r}"
                     + _did_you_mean(value, choices)

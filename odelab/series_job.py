@@ -400,18 +400,6 @@ def train_latent_ode(config: SeriesConfig, progress=None) -> tuple[object, dict]
     return eqx.combine(params, static), metrics
 
 
-def _mmd(x, y):
-    # Biased squared MMD with a sum of Gaussian kernels over a range of bandwidths,
-    # between two sets of paths flattened to vectors.
-    import jax.numpy as jnp
-
-    def kernel(a, b):
-        d2 = jnp.sum((a[:, None, :] - b[None, :, :]) ** 2, -1)
-        return sum(jnp.exp(-d2 / (2 * h**2)) for h in (0.2, 0.5, 1.0, 2.0, 5.0))
-
-    return jnp.mean(kernel(x, x)) + jnp.mean(kernel(y, y)) - 2 * jnp.mean(kernel(x, y))
-
-
 def fit_sde(config: SeriesConfig, progress=None) -> tuple[object, dict]:
     """Fit a `NeuralSDE` to the config's OU or GBM paths; returns it and metrics."""
     import equinox as eqx
@@ -421,6 +409,7 @@ def fit_sde(config: SeriesConfig, progress=None) -> tuple[object, dict]:
     import optax
 
     from . import data as datasets
+    from .metrics import mmd
     from .models import NeuralSDE
 
     d, tr, m = config.data, config.training, config.model
@@ -464,7 +453,7 @@ def fit_sde(config: SeriesConfig, progress=None) -> tuple[object, dict]:
 
     def loss_fn(mdl, batch, k, weight):
         sims = simulate(mdl, batch.shape[0], k)
-        loss = _mmd(sims, batch)
+        loss = mmd(sims, batch)
         if reg.kind == "none":
             return loss, loss
         r = mdl.local_heuristics(ts, sims[..., None], key=jr.fold_in(k, 7), dt=dt)

@@ -19,7 +19,10 @@ from . import (
     dsm as dsm,
     finetune as finetune,
     inversion as inversion,
+    kinetic as kinetic,
     learned_grid as learned_grid,
+    likelihood as likelihood,
+    losses as losses,
     mean_reverting as mean_reverting,
     mixed as mixed,
     sampling as sampling,
@@ -32,11 +35,26 @@ from .finetune import (
     optimize_noise as optimize_noise,
 )
 from .inversion import invert as invert
+from .kinetic import (
+    KineticOptimal as KineticOptimal,
+    data_separation as data_separation,
+    kinetic_energy as kinetic_energy,
+    kinetic_optimal_schedule as kinetic_optimal_schedule,
+)
 from .learned_grid import (
     GridParams as GridParams,
     fit_grid as fit_grid,
     load_grid as load_grid,
     save_grid as save_grid,
+)
+from .likelihood import bits_per_dim as bits_per_dim, log_likelihood as log_likelihood
+from .losses import (
+    EDMPrecond as EDMPrecond,
+    denoising_loss as denoising_loss,
+    flow_matching_loss as flow_matching_loss,
+    reflow_pairs as reflow_pairs,
+    sample_times as sample_times,
+    straightness as straightness,
 )
 from .mean_reverting import (
     MeanReverting as MeanReverting,

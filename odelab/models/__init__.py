@@ -1,5 +1,6 @@
 """Models as equinox modules: calling one solves."""
 
+from .cnf import CNF as CNF, nll_loss as nll_loss
 from .control import control_path as control_path
 from .deq import DEQ as DEQ, DEQClassifier as DEQClassifier
 from .homoode import HomoODE as HomoODE, HomoODEClassifier as HomoODEClassifier

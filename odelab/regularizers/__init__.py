@@ -1,6 +1,10 @@
 """Regularizers: scalars to add to a loss that make a learned differential equation
 cheaper to solve."""
 
+from .fokker_planck import (
+    fokker_planck_loss as fokker_planck_loss,
+    score_fokker_planck_residual as score_fokker_planck_residual,
+)
 from .integral import (
     integral_regularizers as integral_regularizers,
     total_derivative as total_derivative,
