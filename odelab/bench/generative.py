@@ -9,6 +9,9 @@ Three parts, each over seeds (means reported, per-seed values in the JSON):
   steps from the base weights with U-shaped times (and, as a control, uniform times);
   the base flow trained 2S steps is the equal-compute control. Sliced W2 to held-out
   data of Euler samples at NFE 1, 2, 4, and each flow's straightness.
+- `kinetic` (Shaul et al. 2023): the same flow trained on the conditional-OT path
+  (rectified flow) and on the kinetic-optimal Gaussian path of the training data
+  (`schedule: kinetic_optimal`); Euler sliced W2 at NFE 1, 2, 4.
 - `fokker_planck` (Deveney et al. 2023; Lai et al. 2023): a noise-prediction model on
   eight Gaussians (VP-linear), with and without the score Fokker–Planck residual.
   Sliced W2 between the probability-flow ODE's samples (DPM-Solver++(2M), 64 steps)
@@ -81,6 +84,28 @@ def reflow(seeds, steps):
             row[field] = statistics.mean(v[field] for v in values)
             row[f"{field}_per_seed"] = [v[field] for v in values]
         rows.append(row)
+    return rows
+
+
+def kinetic(seeds, steps):
+    """Flow matching on the conditional-OT (linear) path and on the kinetic-optimal
+    path of the training data, equal training: Euler sliced W2 at NFE 1, 2, 4."""
+    from ..generative_job import load_task_config, train_generative
+
+    rows = []
+    for schedule in ("rectified_flow", "kinetic_optimal"):
+        values = []
+        for seed in seeds:
+            cfg = load_task_config(
+                _moons_flow(seed, steps, model=dict(schedule=schedule))
+            )
+            values.append(_flow_rows(train_generative(cfg)[1]))
+        row = dict(part="kinetic", model=schedule)
+        for field in values[0]:
+            row[field] = statistics.mean(v[field] for v in values)
+            row[f"{field}_per_seed"] = [v[field] for v in values]
+        rows.append(row)
+        print("kinetic", schedule, {k: row[k] for k in values[0]}, flush=True)
     return rows
 
 
@@ -212,7 +237,7 @@ def throughput(steps=500, batch=256, width=128, depth=3, repeats=5):
     return rows
 
 
-PARTS = ("reflow", "fokker_planck", "throughput")
+PARTS = ("reflow", "kinetic", "fokker_planck", "throughput")
 
 
 def main(argv=None):
@@ -229,12 +254,15 @@ def main(argv=None):
     rows = []
     if "reflow" in ns.parts:
         rows += reflow(seeds, steps)
+    if "kinetic" in ns.parts:
+        rows += kinetic(seeds, steps)
     if "fokker_planck" in ns.parts:
         rows += fokker_planck(seeds, steps, ns.fp_weight, 20 if ns.quick else 500)
     if "throughput" in ns.parts:
         rows += throughput(steps=20 if ns.quick else 500, repeats=2 if ns.quick else 7)
     columns = {
         "reflow": ["model", "sw2_nfe1", "sw2_nfe2", "sw2_nfe4", "straightness"],
+        "kinetic": ["model", "sw2_nfe1", "sw2_nfe2", "sw2_nfe4", "straightness"],
         "fokker_planck": [
             "model", "ode_sde_gap", "gap_ratio", "ode_to_data", "sde_to_data",
             "train_seconds", "train_ratio",
@@ -244,6 +272,8 @@ def main(argv=None):
     titles = {
         "reflow": "two moons: sliced W2 to held-out data of Euler samples (mean over "
         "seeds)",
+        "kinetic": "two moons: flow matching on the linear and the kinetic-optimal "
+        "path, Euler sliced W2",
         "fokker_planck": "eight Gaussians: ODE (DPM-Solver++(2M) 64) vs SDE "
         "(Euler-Maruyama) samples, sliced W2",
         "throughput": "flow-matching training throughput, batch 256, CPU",

@@ -12,6 +12,9 @@ Gaussian log-probabilities of its stochastic steps (`mixed`). Mean-reverting dif
 Gradients through samplers (`sample(..., adjoint="checkpoint"|"adjoint_dpm"|
 "reversible")`), learned time grids (`learned_grid`), and their applications: noise
 optimisation and reward fine-tuning (`finetune`) of a small DSM-trained model (`dsm`).
+Training (issue #11): one weighted denoising loss for every prediction type and path,
+flow matching, reflow and straightness (`losses`), kinetic-optimal Gaussian paths
+(`kinetic`), and exact log-likelihoods through the probability-flow ODE (`likelihood`).
 """
 
 from . import (
