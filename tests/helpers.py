@@ -547,7 +547,10 @@ def check_grad(
             )
         return out
 
-    grad = jax.grad(f_diff)(diff)
+    # One compiled program each for f and its gradient: called eagerly, every one of
+    # the 2·num_directions evaluations below would trace (and compile) f again.
+    f_diff = jax.jit(f_diff)
+    grad = jax.jit(jax.grad(f_diff))(diff)
     if eps is None:
         scale = max([1.0] + [float(jnp.max(jnp.abs(leaf))) for leaf in leaves])
         eps = float(jnp.finfo(jnp.float64).eps) ** (1 / 3) * scale

@@ -52,16 +52,19 @@ def test_converges_to_the_exact_gradient(adjoint, saveat):
         "ts": lambda: diffrax.SaveAt(ts=jnp.linspace(0.0, 1.0, 7)),
         "t0_t1": lambda: diffrax.SaveAt(t0=True, t1=True),
     }[saveat]
-    exact = eqx.filter_grad(_loss)(
-        mlp, y0, diffrax.RecursiveCheckpointAdjoint(), 1e-12, make()
-    )
-    exact_y = jax.grad(_loss, 1)(
-        mlp, y0, diffrax.RecursiveCheckpointAdjoint(), 1e-12, make()
-    )
+
+    # One compiled gradient per adjoint, in (weights, y0) together, with the
+    # tolerance traced: four tolerances cost two compilations, not eight.
+    @eqx.filter_jit
+    def grads(adjoint, tol):
+        return eqx.filter_grad(lambda p: _loss(p[0], p[1], adjoint, tol, make()))(
+            (mlp, y0)
+        )
+
+    exact, exact_y = grads(diffrax.RecursiveCheckpointAdjoint(), jnp.asarray(1e-12))
     errors = []
     for tol in (1e-4, 1e-7, 1e-10):
-        g = eqx.filter_grad(_loss)(mlp, y0, adjoint, tol, make())
-        gy = jax.grad(_loss, 1)(mlp, y0, adjoint, tol, make())
+        g, gy = grads(adjoint, jnp.asarray(tol))
         errors.append(max(_rel(g, exact), _rel(gy, exact_y)))
     assert errors[-1] <= 1e-8, errors
     assert errors[-1] < errors[0] / 100, errors

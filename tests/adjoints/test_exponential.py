@@ -62,7 +62,7 @@ _GRAD = jax.jit(jax.grad(_loss, argnums=(0, 1)), static_argnums=(2, 3, 4, 6))
     "solver, order, kind, span",
     [
         # Scalar and diagonal L, forward and reverse time, orders 1 to 3: each
-        # combination once (CI time; every case compiles five programs).
+        # combination once (CI time; every case compiles four programs).
         (ExponentialEuler(), 1, "scalar", (0.0, 1.0)),
         (ETDRK2(), 2, "diagonal", (0.0, 1.0)),
         (ExponentialAdams(3), 3, "scalar", (1.0, 0.0)),
@@ -79,7 +79,8 @@ def test_gradient_converges_at_the_solver_order(solver, order, kind, span):
     ref = _GRAD(
         y0, theta, ETDRK4(), diffrax.RecursiveCheckpointAdjoint(), 1000, linear, span
     )
-    steps = (10, 20, 40, 80)
+    # Three step counts in the asymptotic range (third order is not yet at 10 steps).
+    steps = (10, 20, 40) if order < 3 else (20, 40, 80)
     errors = [
         _max_error(_GRAD(y0, theta, solver, ExponentialAdjoint(), n, linear, span), ref)
         for n in steps
