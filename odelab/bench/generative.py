@@ -43,6 +43,16 @@ def _moons_flow(seed, steps, **sections):
     return config
 
 
+def _seed_means(part, model, values):
+    """One table row: the mean over seeds of each field of `values` (one dict per
+    seed), and the per-seed values."""
+    row = dict(part=part, model=model)
+    for field in values[0]:
+        row[field] = statistics.mean(v[field] for v in values)
+        row[f"{field}_per_seed"] = [v[field] for v in values]
+    return row
+
+
 def _flow_rows(metrics, prefix=""):
     return {
         f"sw2_nfe{k}": metrics[f"{prefix}steps_{k}"]["sliced_w2"] for k in (1, 2, 4)
@@ -77,14 +87,7 @@ def reflow(seeds, steps):
         cfg = load_task_config(_moons_flow(seed, 2 * steps))
         runs["base_2x_steps"].append(_flow_rows(train_generative(cfg)[1]))
         print("reflow seed", seed, runs["reflow_u_shaped"][-1], flush=True)
-    rows = []
-    for name, values in runs.items():
-        row = dict(part="reflow", model=name)
-        for field in values[0]:
-            row[field] = statistics.mean(v[field] for v in values)
-            row[f"{field}_per_seed"] = [v[field] for v in values]
-        rows.append(row)
-    return rows
+    return [_seed_means("reflow", name, values) for name, values in runs.items()]
 
 
 def kinetic(seeds, steps):
@@ -100,10 +103,7 @@ def kinetic(seeds, steps):
                 _moons_flow(seed, steps, model=dict(schedule=schedule))
             )
             values.append(_flow_rows(train_generative(cfg)[1]))
-        row = dict(part="kinetic", model=schedule)
-        for field in values[0]:
-            row[field] = statistics.mean(v[field] for v in values)
-            row[f"{field}_per_seed"] = [v[field] for v in values]
+        row = _seed_means("kinetic", schedule, values)
         rows.append(row)
         print("kinetic", schedule, {k: row[k] for k in values[0]}, flush=True)
     return rows
@@ -140,10 +140,7 @@ def fokker_planck(seeds, steps, weight, sde_steps=500):
                 )
             )
             print("fokker_planck", w, seed, values[-1], flush=True)
-        row = dict(part="fokker_planck", model=f"weight {w:g}")
-        for field in values[0]:
-            row[field] = statistics.mean(v[field] for v in values)
-            row[f"{field}_per_seed"] = [v[field] for v in values]
+        row = _seed_means("fokker_planck", f"weight {w:g}", values)
         rows.append(row)
     rows[1]["train_ratio"] = rows[1]["train_seconds"] / rows[0]["train_seconds"]
     rows[1]["gap_ratio"] = rows[1]["ode_sde_gap"] / rows[0]["ode_sde_gap"]
