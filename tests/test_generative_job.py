@@ -80,3 +80,14 @@ def test_cnf_task_runs(tmp_path):
 def test_config_errors_name_the_key(tmp_path, sections, message):
     with pytest.raises(ConfigError, match=message):
         load_task_config(_config(tmp_path, **sections))
+
+
+def test_config_names_are_the_librarys():
+    # The config lists the loss's names without importing JAX; this pins them.
+    from odelab.diffusion import losses
+    from odelab.generative_job import GenLossConfig
+
+    choices = GenLossConfig._choices
+    assert choices["weighting"] == losses.WEIGHTINGS
+    assert choices["time_sampling"] == losses.TIME_SAMPLINGS
+    assert choices["distance"] == losses.DISTANCES
