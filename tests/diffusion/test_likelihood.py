@@ -21,6 +21,23 @@ def _points():
     return jnp.asarray([[1.0, 0.3], [-0.8, -0.6], [0.0, 0.0], [1.5, 1.0]])
 
 
+def _mixture_log_likelihood(mix, schedule, rtol, prior=None):
+    """`log_likelihood` of `_points()` under the mixture's exact x0-denoiser."""
+    return jax.jit(
+        jax.vmap(
+            lambda x: log_likelihood(
+                lambda x, t: mix.denoiser(x, t, schedule),
+                x,
+                schedule,
+                prediction="x0",
+                prior=prior,
+                rtol=rtol,
+                atol=rtol,
+            )
+        )
+    )(_points())
+
+
 @pytest.mark.x64
 @pytest.mark.parametrize("schedule", [VPLinear(), RectifiedFlow()], ids=["vp", "rf"])
 def test_matches_the_mixture_density(schedule):
@@ -28,19 +45,8 @@ def test_matches_the_mixture_density(schedule):
         jnp.asarray([[1.0, 0.5], [-1.0, -0.5]]), jnp.asarray([0.5, 0.3])
     )
     rtol = 1e-7
-    log_p = jax.jit(
-        jax.vmap(
-            lambda x: log_likelihood(
-                lambda x, t: mix.denoiser(x, t, schedule),
-                x,
-                schedule,
-                prediction="x0",
-                prior=lambda z: mix.log_prob(z, schedule.t_max, schedule),
-                rtol=rtol,
-                atol=rtol,
-            )
-        )
-    )(_points())
+    prior = lambda z: mix.log_prob(z, schedule.t_max, schedule)  # noqa: E731
+    log_p = _mixture_log_likelihood(mix, schedule, rtol, prior)
     expected = jax.vmap(lambda x: mix.log_prob(x, schedule.t_min, schedule))(_points())
     tol = _GLOBAL_FACTOR * rtol
     np.testing.assert_allclose(log_p, expected, rtol=tol, atol=tol)
@@ -55,18 +61,7 @@ def test_default_prior_error_is_the_prior_mismatch_at_the_noise_end():
     schedule = VPLinear()
     mix = GaussianMixture(jnp.asarray([[1.0, 0.5]]), jnp.asarray([0.4]))
     rtol = 1e-7
-    log_p = jax.jit(
-        jax.vmap(
-            lambda x: log_likelihood(
-                lambda x, t: mix.denoiser(x, t, schedule),
-                x,
-                schedule,
-                prediction="x0",
-                rtol=rtol,
-                atol=rtol,
-            )
-        )
-    )(_points())
+    log_p = _mixture_log_likelihood(mix, schedule, rtol)
 
     def expected(x):
         x_end = gaussian_flow_map(mix, x, schedule.t_min, schedule.t_max, schedule)
